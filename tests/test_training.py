@@ -1,0 +1,213 @@
+"""Tests of crc_core.training: the spec (round trip, validation), each method end to end on a
+tiny net, checkpoints, and resume-after-interrupt equality (bit for bit on CPU)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from crc_core import training
+from crc_core.activations import NoCurvatureError
+from crc_core.training import TrainSpec
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: these nets are tiny, and on shared cores two threads can be 10-40×
+    slower (threads wait on each other when another process holds a core)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# Tiny runs: 2-layer width-16 nets, 128 training images, batch 64 (2 steps per epoch).
+TINY = dict(widths=(784, 16, 10), epochs=1, batch_size=64, train_subset=128,
+            attack_steps=3, pgd_steps=2)
+METHOD_SPECS = {
+    "standard": dict(method="standard", activation="softplus"),
+    "curvature": dict(method="curvature", activation="sigmoid", gamma=0.01),
+    "crt": dict(method="crt", activation="softplus", gamma=0.01, rho=1.58),
+    "pgd": dict(method="pgd", activation="relu", rho=1.58),
+}
+
+
+def tiny_spec(base: str, **changes) -> TrainSpec:
+    """A tiny spec of method ``base`` (see METHOD_SPECS), with ``changes`` applied on top."""
+    return TrainSpec(**{**TINY, **METHOD_SPECS[base], **changes})
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
+# The spec
+# ------------------------------------------------------------------------------------------------
+
+def test_spec_round_trip_through_json():
+    spec = tiny_spec("crt", lr_schedule="cosine", pgd_step_size=0.1)
+    again = TrainSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert isinstance(again.widths, tuple) and again.depth == 2
+
+
+def test_spec_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown TrainSpec field"):
+        TrainSpec.from_dict({**tiny_spec("standard").to_dict(), "momentum": 0.9})
+
+
+@pytest.mark.parametrize("changes, field, allowed", [
+    (dict(method="adam"), "method", "one of"),
+    (dict(activation="gelu"), "activation", "one of"),
+    (dict(dataset="cifar10"), "dataset", "one of"),
+    (dict(method="curvature", gamma=-0.1), "gamma", ">= 0"),
+    (dict(method="standard", gamma=0.1), "gamma", "0 for method 'standard'"),
+    (dict(method="crt", gamma=0.01), "rho", "> 0 for method 'crt'"),
+    (dict(method="crt", gamma=0.01, rho=0.0), "rho", "> 0"),
+    (dict(method="pgd", rho=-1.0), "rho", "> 0"),
+    (dict(method="standard", rho=1.58), "rho", "None for method"),
+    (dict(epochs=0), "epochs", ">= 1"),
+    (dict(batch_size=0), "batch_size", ">= 1"),
+    (dict(lr=0.0), "lr", "> 0"),
+    (dict(lr_schedule="step"), "lr_schedule", "one of"),
+    (dict(seed=-1), "seed", ">= 0"),
+    (dict(widths=(784, 10)), "widths", "at least one hidden width"),
+    (dict(widths=(100, 16, 10)), "widths", "784"),
+    (dict(attack_steps=0), "attack_steps", ">= 1"),
+    (dict(attack_schedule="bisection"), "attack_schedule", "one of"),
+    (dict(pgd_targets="all"), "pgd_targets", "one of"),
+    (dict(train_subset=0), "train_subset", "[1, 60000]"),
+    (dict(epochs=1.5), "epochs", "an integer"),
+])
+def test_bad_spec_values_name_the_field_and_range(changes, field, allowed):
+    with pytest.raises(ValueError) as info:
+        tiny_spec("standard", **changes)
+    message = str(info.value)
+    assert f"TrainSpec.{field}=" in message
+    assert allowed in message
+
+
+@pytest.mark.parametrize("changes", [dict(method="curvature", gamma=0.01),
+                                     dict(method="crt", gamma=0.01, rho=1.58),
+                                     dict(method="pgd", gamma=0.01, rho=1.58)])
+def test_relu_with_curvature_raises_no_curvature_error(changes):
+    with pytest.raises(NoCurvatureError, match="relu"):
+        tiny_spec("standard", activation="relu", **changes)
+
+
+def test_baseline_methods_are_reserved(tmp_path):
+    spec = TrainSpec(**{**TINY, "method": "coap", "activation": "relu", "rho": 1.58})
+    if training.is_implemented("coap"):
+        pytest.skip("the COAP baseline is implemented")
+    with pytest.raises(NotImplementedError, match="coap"):
+        training.train(spec, tmp_path / "run", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Each method end to end
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHOD_SPECS))
+def test_each_method_trains_and_checkpoints(method, tmp_path):
+    spec = tiny_spec(method, epochs=2)
+    model = training.train(spec, tmp_path / "run", progress=False)
+    assert model.widths == list(spec.widths)
+    history = training.read_history(tmp_path / "run")
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert math.isfinite(row["loss"]) and 0 <= row["test_accuracy"] <= 1
+        if spec.gamma > 0:
+            assert row["mean_K"] is not None and row["mean_K"] > 0
+        else:
+            assert row["mean_K"] is None
+    for name in (training.CHECKPOINT, training.BEST, training.LAST, "spec.json", "history.json"):
+        assert (tmp_path / "run" / name).is_file()
+    assert json.loads((tmp_path / "run" / "spec.json").read_text()) == spec.to_dict()
+    # The returned model is the best checkpoint (the paper's rule).
+    best_epoch = max(history, key=lambda r: (r["test_accuracy"], -r["epoch"]))["epoch"]
+    best = training.load_model(tmp_path / "run", "best")
+    assert _states_equal(model.state_dict(), best.state_dict())
+    if best_epoch == 2:
+        assert _states_equal(best.state_dict(), training.load_model(tmp_path / "run", "last").state_dict())
+    assert training.is_trained(spec, tmp_path / "run")
+
+
+def test_training_reduces_the_loss(tmp_path):
+    spec = tiny_spec("standard", epochs=3, train_subset=512)
+    training.train(spec, tmp_path / "run", progress=False)
+    history = training.read_history(tmp_path / "run")
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_cosine_schedule_reaches_small_lr(tmp_path):
+    spec = tiny_spec("standard", epochs=3, lr_schedule="cosine")
+    training.train(spec, tmp_path / "run", progress=False)
+    lrs = [row["lr"] for row in training.read_history(tmp_path / "run")]
+    assert lrs[0] == spec.lr and lrs[0] > lrs[1] > lrs[2] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["crt", "pgd", "curvature"])
+def test_resume_after_stop_gives_identical_weights(method, tmp_path):
+    spec = tiny_spec(method, epochs=2, gamma=0.01, activation="softplus")
+    whole = training.train(spec, tmp_path / "whole", progress=False, select="last")
+    training.train(spec, tmp_path / "split", progress=False, until_epoch=1)
+    assert len(training.read_history(tmp_path / "split")) == 1
+    resumed = training.train(spec, tmp_path / "split", progress=False, select="last")
+    assert _states_equal(whole.state_dict(), resumed.state_dict())
+    a = [{k: v for k, v in r.items() if k != "seconds"} for r in training.read_history(tmp_path / "whole")]
+    b = [{k: v for k, v in r.items() if k != "seconds"} for r in training.read_history(tmp_path / "split")]
+    assert a == b
+
+
+def test_resume_after_interrupt_mid_epoch(tmp_path, monkeypatch):
+    spec = tiny_spec("crt", epochs=2)
+    whole = training.train(spec, tmp_path / "whole", progress=False, select="last")
+
+    real_loss = training._loss
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(spec, tmp_path / "split", progress=False)
+    monkeypatch.setattr(training, "_loss", real_loss)
+    assert len(training.read_history(tmp_path / "split")) == 1
+    resumed = training.train(spec, tmp_path / "split", progress=False, select="last")
+    assert _states_equal(whole.state_dict(), resumed.state_dict())
+
+
+def test_finished_run_is_loaded_not_retrained(tmp_path, monkeypatch):
+    spec = tiny_spec("standard")
+    first = training.train(spec, tmp_path / "run", progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(training, "_loss", fail)
+    again = training.train(spec, tmp_path / "run", progress=False)
+    assert _states_equal(first.state_dict(), again.state_dict())
+
+
+def test_resume_refuses_a_different_spec(tmp_path):
+    training.train(tiny_spec("standard"), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="different spec"):
+        training.train(tiny_spec("standard", lr=2e-3), tmp_path / "run", progress=False)
+    # resume=False starts over.
+    training.train(tiny_spec("standard", lr=2e-3), tmp_path / "run", progress=False, resume=False)
+    assert training.is_trained(tiny_spec("standard", lr=2e-3), tmp_path / "run")
+
+
+def test_no_temporary_files_left(tmp_path):
+    training.train(tiny_spec("standard"), tmp_path / "run", progress=False)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
