@@ -83,7 +83,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from .activations import require_curvature
-from .attacks import runner_up
+from .attacks import project_l2_ball, runner_up
 
 Tensor = torch.Tensor
 
@@ -109,6 +109,8 @@ __all__ = [
     "TIGHT_TOL",
     "PAPER_RESIDUAL_TOL",
     "ATTACK_TIGHT_RTOL",
+    "ATTACK_KKT_RTOL",
+    "LOCAL_FIRST_STEP",
 ]
 
 #: Certificate: η is kept at or below (1 − MU_FLOOR)/(−m), so F_η is at least MU_FLOOR-strongly
@@ -194,10 +196,11 @@ class Certificate:
         m, M: (B,) float64 curvature bounds used for the reported certificate.
         grad_evals: int, total gradient evaluations (one (input, target) gradient each).
         bounds: ``"global"``, ``"local"`` or ``"given"``.
-        radius_per_target: (B, C) for ``targets="all"``, else None: inf at y; the certified
-            radius of every target t ≠ y: fully solved for the targets that could beat the
-            minimum, and the one-gradient lower bound (taken at x̂ = x0, itself sound and ≥
-            ``radius``) for the pruned ones; 0 for misclassified inputs.
+        radius_per_target: (B, C) for ``targets="all"``, else None: inf at y; for every
+            t ≠ y a sound certified radius against t: the full solve for the targets that could
+            be the minimum, and for the others (pruned) the cheaper bound that already reached
+            the minimum (f(x0)/Lipschitz, the one-gradient bound at x̂ = x0, or a solve stopped
+            early), so every entry is ≥ ``radius``; 0 for misclassified inputs.
     """
 
     radius: Tensor
@@ -247,8 +250,9 @@ class AttackResult:
 def margin_function(model, y: Tensor, t: Tensor) -> MarginFn:
     """The batched margin f = z_y − z_t of a model and its input gradient, as a :data:`MarginFn`.
 
-    Gradients are taken with respect to x only (``torch.autograd.grad``): no parameter's
-    ``.grad`` is touched and no weight gradient is computed.
+    The forward pass runs on detached weights (``torch.func.functional_call``), so the autograd
+    graph tracks x only: no parameter's ``.grad`` is touched and nothing is kept for the
+    weights' gradients.
 
     Args:
         model: a network mapping (k, D) to logits (k, C).
@@ -257,10 +261,12 @@ def margin_function(model, y: Tensor, t: Tensor) -> MarginFn:
     Returns:
         ``fn(x, rows) -> (f (k,), ∇f (k, D))``, detached.
     """
+    weights = ({k: v.detach() for k, v in model.named_parameters()}, dict(model.named_buffers()))
+
     def fn(x: Tensor, rows: Tensor) -> Tuple[Tensor, Tensor]:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            z = model(x)
+            z = torch.func.functional_call(model, weights, (x,))
             f = z.gather(1, y[rows, None])[:, 0] - z.gather(1, t[rows, None])[:, 0]
             grad, = torch.autograd.grad(f.sum(), x)
         return f.detach(), grad
@@ -359,17 +365,6 @@ def _model_root(u: Tensor, f: Tensor, g: Tensor, c: Tensor, eta_max: Tensor) -> 
     return torch.where(Cq <= 0, torch.zeros_like(eta), eta)   # model already ≤ 0 at x0: restart
 
 
-def _project_ball(x: Tensor, x0: Tensor, R: Tensor) -> Tensor:
-    """Onto the ball ‖x − x0‖ ≤ R; a second, slightly shrinking pass absorbs the rounding of
-    x0 + u in low precision (float32), so the result is in the ball as computed."""
-    tiny = torch.finfo(x.dtype).tiny
-    u = x - x0
-    x = x0 + u * torch.clamp(R[:, None] / u.norm(dim=1, keepdim=True).clamp_min(tiny), max=1.0)
-    d = (x - x0).norm(dim=1, keepdim=True)
-    shrink = torch.clamp(R[:, None] / d.clamp_min(tiny) * (1 - 4 * torch.finfo(x.dtype).eps), max=1.0)
-    return torch.where(d > R[:, None], x0 + (x - x0) * shrink, x)
-
-
 def _as_batch(value, B: int, like: Tensor, name: str) -> Tensor:
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if v.dim() == 0:
@@ -438,13 +433,14 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
     R = None if ball is None else _as_batch(ball, B, x0, "ball")
     if R is not None and (torch.isnan(R).any() or (R <= 0).any()):
         raise ValueError("ball radius must be > 0")
-    enough = torch.full_like(m, float("inf")) if stop_radius is None else _as_batch(stop_radius, B, x0, "stop_radius")
+    enough = (torch.full_like(m, float("inf")) if stop_radius is None
+              else _as_batch(stop_radius, B, x0, "stop_radius"))
     if R is not None:
         enough = torch.minimum(enough, R)
     eta_max = _eta_max(m)
     x = (x0 if x_start is None else x_start.to(x0)).clone()
     if R is not None:
-        x = _project_ball(x, x0, R)
+        x = project_l2_ball(x, x0, R)
     eta = torch.zeros_like(m)
     c = torch.zeros_like(m)
     best = torch.full_like(m, -float("inf"))
@@ -497,7 +493,7 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
             u_new = eta_new[:, None] * (cr[:, None] * u - g) / (1 + eta_new * cr)[:, None]
             x_new = x0r + u_new
             if R is not None:
-                x_new = _project_ball(x_new, x0r, R[rows])
+                x_new = project_l2_ball(x_new, x0r, R[rows])
             moved = (x_new - xr).norm(dim=1) > 1e-15 * (1 + u.norm(dim=1))
             keep = ~done & moved
             if it == int(max_evals) - 1 + (first is not None):
@@ -577,7 +573,7 @@ def solve_attack(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, steps: int = 10,
             u = x - x0
             v = c[:, None] * u - g
             eta = torch.maximum(v.norm(dim=1) / rho - c, eta_lo)
-            x_new = _project_ball(x0 + v / (c + eta)[:, None], x0, rho)
+            x_new = project_l2_ball(x0 + v / (c + eta)[:, None], x0, rho)
             x_prev, g_prev = x, g
             x = x_new
             f, g = margin_fn(x, rows)
@@ -606,8 +602,10 @@ def certify_reference(margin_fn: MarginFn, x0: Tensor, m, M, *, bisection_steps:
     ``inner_steps`` (default 20) majorize–minimize steps x ← (x0 + η(Mx − ∇f(x)))/(1 + ηM) with
     x carried over; η moves up while f(x) > 0. The reported value is their
     sqrt(max(0, ‖x − x0‖² + 2ηf(x))), counted when ‖η∇f(x) + x − x0‖ < 1e-5. About
-    ``bisection_steps·(inner_steps + 1)`` gradient evaluations per pair (one more per η for the
-    sign test). ``radius`` is our sound bound at the final iterate (for comparison only).
+    ``bisection_steps·inner_steps + 1`` = 601 gradient evaluations per pair (the evaluation
+    that tests the sign of f at the end of one η is the first MM step of the next, and the
+    residual check reuses the last).
+    ``radius`` is our sound bound at the final iterate (for comparison only).
 
     Args:
         margin_fn, x0, m, M: as in :func:`solve_certificate`.
@@ -620,23 +618,25 @@ def certify_reference(margin_fn: MarginFn, x0: Tensor, m, M, *, bisection_steps:
     m = _as_batch(m, B, x0, "m")
     M = _as_batch(M, B, x0, "M")
     rows = torch.arange(B, device=x0.device)
-    hi = torch.where(m < 0, 1 / (-m).clamp_min(1e-300), torch.full_like(m, ETA_CAP))
-    lo = torch.zeros_like(m)
+    top = torch.where(m < 0, 1 / (-m).clamp_min(1e-300), torch.full_like(m, ETA_CAP))
+    lo, hi = torch.zeros_like(m), top.clone()
     x = x0.clone()
-    evals = 0
     eta = lo
     with torch.no_grad():
+        f, g = margin_fn(x, rows)
+        evals = 1
         for _ in range(int(bisection_steps)):
             eta = (lo + hi) / 2
-            for _ in range(int(inner_steps)):
-                f, g = margin_fn(x, rows)
+            for k in range(int(inner_steps)):
+                if k:
+                    f, g = margin_fn(x, rows)
+                    evals += 1
                 x = (x0 + eta[:, None] * (M[:, None] * x - g)) / (1 + eta * M)[:, None]
-            f, g = margin_fn(x, rows)
-            evals += int(inner_steps) + 1
+            f, g = margin_fn(x, rows)        # sign test at the final point (its gradient is
+            evals += 1                       # the first step of the next η)
             up = f > 0
             lo = torch.where(up, eta, lo)
             hi = torch.where(up, hi, eta)
-        f, g = margin_fn(x, rows)
         u = x - x0
         res = (u + eta[:, None] * g).norm(dim=1)
         paper = ((u * u).sum(1) + 2 * eta * f).clamp_min(0).sqrt()
@@ -647,7 +647,7 @@ def certify_reference(margin_fn: MarginFn, x0: Tensor, m, M, *, bisection_steps:
     return CertificateSolution(
         radius=(2 * s).clamp_min(0).sqrt(), bound=s, eta=eta, x=x, margin=f, residual=res,
         paper_radius=paper, paper_counted=res < PAPER_RESIDUAL_TOL,
-        tight=(f.abs() <= TIGHT_TOL) & (eta < eta_max), eta_max=hi, grad_evals=evals_t)
+        tight=(f.abs() <= TIGHT_TOL) & (eta < eta_max), eta_max=top, grad_evals=evals_t)
 
 
 def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_steps: int = 30,
@@ -684,7 +684,8 @@ def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_st
         evals += 1
         dist = (x - x0).norm(dim=1)
         kkt = (g + eta[:, None] * (x - x0)).norm(dim=1)
-        tight = ((dist - rho).abs() <= ATTACK_TIGHT_RTOL * rho) & (kkt <= ATTACK_KKT_RTOL * g.norm(dim=1))
+        tight = ((dist - rho).abs() <= ATTACK_TIGHT_RTOL * rho) \
+            & (kkt <= ATTACK_KKT_RTOL * g.norm(dim=1))
     return AttackResult(x=x, margin=f, tight=tight, eta=eta, target=None, grad_evals=evals,
                         distance=dist)
 
@@ -710,7 +711,7 @@ def _float64_model(model, device):
     p = next(model.parameters())
     if p.dtype == torch.float64 and p.device == device:
         return model
-    return copy.deepcopy(model).to(device=device, dtype=torch.float64)
+    return copy.deepcopy(model).to(device=device, dtype=torch.float64).requires_grad_(False)
 
 
 def _bound_tables(bounds, C: int, device) -> Tuple[Tensor, Tensor]:
@@ -744,6 +745,7 @@ class _Job(NamedTuple):
     max_evals: int
     tol: float
     local_steps: int
+    lipschitz: float              # _lipschitz_scale(model64) for targets="all", else nan
 
 
 def _pair_bounds(job: _Job, y: Tensor, t: Tensor, like: Tensor) -> Tuple[Tensor, Tensor]:
@@ -800,7 +802,7 @@ def _refine_local(job: _Job, fn: MarginFn, x0, y, t, sol: CertificateSolution, m
         mR, MR = curvature.local_bounds(job.model, x0[rows].to(next(job.model.parameters()).device),
                                         y[rows], t[rows], R)
         mR, MR = mR.to(x0), MR.to(x0)
-        loc = solve_certificate(fn_rows(fn, rows), x0[rows], mR, MR, max_evals=job.max_evals,
+        loc = solve_certificate(_fn_rows(fn, rows), x0[rows], mR, MR, max_evals=job.max_evals,
                                 tol=job.tol, ball=R, x_start=best.x[rows])
         evals += int(loc.grad_evals.sum())
         best.grad_evals[rows] += loc.grad_evals
@@ -821,14 +823,13 @@ def _refine_local(job: _Job, fn: MarginFn, x0, y, t, sol: CertificateSolution, m
     return best, best_m, best_M, evals
 
 
-def fn_rows(fn: MarginFn, rows: Tensor) -> MarginFn:
+def _fn_rows(fn: MarginFn, rows: Tensor) -> MarginFn:
     """``fn`` restricted to the sub-batch ``rows``: row i of the sub-batch is row rows[i]."""
     return lambda x, r: fn(x, rows[r])
 
 
 def _prepare(model, x, y):
-    act = require_curvature(model.activation)
-    del act
+    require_curvature(model.activation)
     x = model.check_input(x)
     B = x.shape[0]
     y = _labels(model, y, B, x.device)
@@ -855,17 +856,19 @@ def certify(model, x: Tensor, y: Tensor, targets: Union[str, Tensor] = "runner-u
     boundary (primal = dual).
 
     Targets: ``"runner-up"`` (default; the largest logit other than y, the paper's choice), a
-    (B,) tensor (one target per input), or ``"all"``: the minimum over all t ≠ y. For "all",
-    a one-gradient lower bound per target (x̂ = x0 in the bound above, maximized over η) is
-    computed first, the runner-up is solved, then only targets whose cheap bound is below the
-    running minimum are solved, in increasing order of it (the others are pruned: their cheap
-    bound is a sound certificate at least the minimum). Typically ≤ 2.5× the cost of "runner-up".
+    (B,) tensor (one target per input), or ``"all"``: the minimum over all t ≠ y. For "all"
+    every target keeps a sound lower bound that is refined only while it is below the running
+    minimum: f(x0)/Lip from a global Lipschitz bound (free), the runner-up solved fully, one
+    gradient at x0 (the bound above at x̂ = x0, maximized over η), then full solves in
+    increasing order of the bound, each stopping once it reaches the minimum. The targets left
+    unrefined (pruned) keep bounds at least the minimum. About 1.8–2.5× the cost of
+    "runner-up" (``benchmarks/duality.py``).
 
     Bounds: ``"global"`` (default), ``"local"`` (Table 6: bounds valid on a ball B(x0, R) from
-    :func:`curvature.local_bounds`; certificate min(r_R, R), maximized over a few R — the global
-    radius, the local radius on that ball, then false-position steps toward r(R) = R,
-    ``local_steps`` balls at most; never below the global certificate), or a tuple ``(m, M)``
-    of (C, C) tables indexed [y, t] that the caller guarantees (e.g. from
+    :func:`curvature.local_bounds`; certificate min(r_R, R) maximized over ``local_steps``
+    balls R = r_g(1 + s) around the global radius r_g, s = 5% doubled while the whole ball is
+    certified and bisected otherwise; never below the global certificate), or a tuple
+    ``(m, M)`` of (C, C) tables indexed [y, t] that the caller guarantees (e.g. from
     :func:`curvature.all_pair_bounds`).
 
     Args:
@@ -882,7 +885,9 @@ def certify(model, x: Tensor, y: Tensor, targets: Union[str, Tensor] = "runner-u
         local_steps: balls tried with ``bounds="local"`` (default 3).
 
     Returns:
-        :class:`Certificate` with (B,) fields on x's device.
+        :class:`Certificate` with (B,) fields on x's device, float64. Misclassified inputs:
+        radius 0, ``target`` the predicted class (the given one for a tensor of targets),
+        ``x_boundary`` = x, eta 0, m = M = NaN, not tight, not counted.
 
     Raises:
         NoCurvatureError: ReLU network.
@@ -909,9 +914,10 @@ def certify(model, x: Tensor, y: Tensor, targets: Union[str, Tensor] = "runner-u
             raise ValueError("targets must differ from y for every input (f = z_y − z_t ≡ 0)")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    job = _Job(model, _float64_model(model, x.device), mode,
-               _bound_tables(bounds, C, x.device) if mode == "given" else None,
-               int(max_evals), float(tol), int(local_steps))
+    model64 = _float64_model(model, x.device)
+    job = _Job(model, model64, mode, _bound_tables(bounds, C, x.device) if mode == "given" else None,
+               int(max_evals), float(tol), int(local_steps),
+               _lipschitz_scale(model64) if isinstance(targets, str) and targets == "all" else float("nan"))
     x64 = x.detach().to(torch.float64)
     chunks = [slice(i, min(i + int(batch_size), B)) for i in range(0, B, int(batch_size))] or [slice(0, 0)]
     iterator = chunks
@@ -974,7 +980,7 @@ def _certify_chunk(job: _Job, x0: Tensor, y: Tensor, targets) -> Certificate:
         per_target = torch.zeros(B, C, dtype=x0.dtype, device=dev)
         per_target[torch.arange(B, device=dev), y] = float("inf")
         if ok.numel():
-            evals += _certify_all(job, x0, y, ok, per_target, store)
+            evals += _certify_all(job, x0, y, ok, logits, per_target, store)
     elif ok.numel():
         t_ok = target[ok]
         f0, g0 = margin_function(job.model64, y[ok], t_ok)(x0[ok], torch.arange(ok.numel(), device=dev))
@@ -988,53 +994,87 @@ def _certify_chunk(job: _Job, x0: Tensor, y: Tensor, targets) -> Certificate:
                        bounds=job.mode, radius_per_target=per_target)
 
 
-def _certify_all(job: _Job, x0, y, ok, per_target, store) -> int:
-    """targets="all" for the correctly classified rows ``ok``; fills per_target; returns evals."""
+def _lipschitz_scale(model64) -> float:
+    """g^(L−1) ∏_{I<L} ‖W^(I)‖₂ (float64 SVD, +1e-9 relative for rounding): for every x,
+    ‖∇(z_y − z_t)(x)‖ ≤ scale · ‖W^(L)_y − W^(L)_t‖ (chain rule with |σ'| ≤ g)."""
+    scale = 1.0
+    for W in model64.weights[:-1]:
+        scale *= model64.activation.g * float(torch.linalg.matrix_norm(W.detach(), ord=2))
+    return scale * (1 + 1e-9)
+
+
+def _certify_all(job: _Job, x0, y, ok, logits, per_target, store) -> int:
+    """targets="all" for the correctly classified rows ``ok``; fills per_target; returns evals.
+
+    Every target t keeps a sound lower bound on its radius, refined only while it is below the
+    running minimum over targets: (0) f(x0)/Lip_t from a global Lipschitz bound (no gradient);
+    (1) the runner-up is solved fully; (2) one gradient at x0 for each target still below the
+    minimum gives the bound at x̂ = x0 (maximized over η); (3) the targets still below are
+    solved in increasing order of that bound, each stopping once it reaches the minimum.
+    """
     C = job.model64.num_classes
     dev = x0.device
     n = ok.numel()
+    rows_n = torch.arange(n, device=dev)
     others = torch.arange(C, device=dev).expand(n, C)
-    mask = others != y[ok, None]
-    ts = others[mask].reshape(n, C - 1)                       # (n, C−1) targets per row
+    ts = others[others != y[ok, None]].reshape(n, C - 1)      # (n, C−1) targets per row
     ys = y[ok, None].expand(n, C - 1)
     xs = x0[ok]
-    flat_y, flat_t = ys.reshape(-1), ts.reshape(-1)
-    flat_rows = torch.arange(n, device=dev).repeat_interleave(C - 1)
-    f0, g0 = margin_function(job.model64, flat_y, flat_t)(xs[flat_rows], torch.arange(n * (C - 1), device=dev))
-    evals = n * (C - 1)
-    m, M = _pair_bounds(job, flat_y, flat_t, x0)
-    cheap, _ = _best_bound(torch.zeros_like(g0), f0, g0, m, _eta_max(m))
-    cheap = (2 * cheap).clamp_min(0).sqrt().reshape(n, C - 1)
-    f0, g0 = f0.reshape(n, C - 1), g0.reshape(n, C - 1, -1)
-    per_target[ok[:, None], ts] = cheap
-    solved = torch.zeros(n, C - 1, dtype=torch.bool, device=dev)
+    z = logits[ok]
+    f0 = z.gather(1, y[ok, None]) - z.gather(1, ts)            # (n, C−1), z_y − z_t at x0
+    WL = job.model64.weights[-1].detach()
+    lip = job.lipschitz * (WL[ys] - WL[ts]).norm(dim=2)
+    bound = f0.clamp_min(0) / lip
     current = torch.full((n,), float("inf"), dtype=x0.dtype, device=dev)
-    # in increasing order of the cheap bound
-    col = cheap.argmin(1)
-    todo = torch.ones(n, dtype=torch.bool, device=dev)
-    while True:
-        rows = todo.nonzero()[:, 0]
-        if rows.numel() == 0:
-            break
-        c = col[rows]
-        t_r = ts[rows, c]
-        sol, mr, Mr, e = _solve_pairs(job, xs[rows], y[ok[rows]], t_r, f0[rows, c], g0[rows, c],
-                                      stop_radius=current[rows])
+    solved = torch.zeros(n, C - 1, dtype=torch.bool, device=dev)
+    g0 = torch.zeros(n, C - 1, xs.shape[1], dtype=x0.dtype, device=dev)
+    have_g = torch.zeros_like(solved)
+    evals = 0
+
+    def gradients(r, c):                       # ∇f at x0 for the pairs (row r, column c)
+        nonlocal evals
+        f, g = margin_function(job.model64, y[ok[r]], ts[r, c])(xs[r], torch.arange(r.numel(), device=dev))
+        evals += r.numel()
+        g0[r, c], have_g[r, c] = g, True
+        f0[r, c] = f
+        return f, g
+
+    def solve(r, c):
+        sol, mr, Mr, e = _solve_pairs(job, xs[r], y[ok[r]], ts[r, c], f0[r, c], g0[r, c],
+                                      stop_radius=current[r])
+        nonlocal evals
         evals += e
-        solved[rows, c] = True
-        per_target[ok[rows], t_r] = sol.radius
-        better = sol.radius < current[rows]
+        solved[r, c] = True
+        bound[r, c] = torch.maximum(bound[r, c], sol.radius)
+        better = sol.radius < current[r]
         if better.any():
-            idx = rows[better]
+            idx = r[better]
             current[idx] = sol.radius[better]
             sub = CertificateSolution(**{f.name: getattr(sol, f.name)[better]
                                          for f in dataclasses.fields(CertificateSolution)})
-            store(ok[idx], sub, mr[better], Mr[better], t_r[better])
-        # next: the unsolved target with the smallest cheap bound, if below the current minimum
-        pending = torch.where(solved, torch.full_like(cheap, float("inf")), cheap)
-        nxt_val, nxt_col = pending.min(1)
-        todo = nxt_val < current
-        col = nxt_col
+            store(ok[idx], sub, mr[better], Mr[better], ts[idx, c[better]])
+
+    # (1) the runner-up (largest other logit = smallest z_y − z_t)
+    col = f0.argmin(1)
+    gradients(rows_n, col)
+    solve(rows_n, col)
+    # (2) one gradient per target whose Lipschitz bound is below the minimum
+    need = (~solved) & (bound < current[:, None])
+    r, c = need.nonzero(as_tuple=True)
+    if r.numel():
+        gradients(r, c)
+        m, M = _pair_bounds(job, y[ok[r]], ts[r, c], x0)
+        cheap, _ = _best_bound(torch.zeros_like(g0[r, c]), f0[r, c], g0[r, c], m, _eta_max(m))
+        bound[r, c] = torch.maximum(bound[r, c], (2 * cheap).clamp_min(0).sqrt())
+    # (3) full solves in increasing order of the bound, while it is below the minimum
+    while True:
+        pending = torch.where(solved, torch.full_like(bound, float("inf")), bound)
+        val, col = pending.min(1)
+        todo = (val < current).nonzero()[:, 0]
+        if todo.numel() == 0:
+            break
+        solve(todo, col[todo])
+    per_target[ok[:, None], ts] = bound
     return evals
 
 

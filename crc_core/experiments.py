@@ -50,6 +50,7 @@ import torch
 
 from . import attacks, curvature, duality, training
 from . import data as data_module
+from .activations import get_activation
 from .attacks import runner_up
 from .training import TrainSpec
 
@@ -58,7 +59,7 @@ Tensor = torch.Tensor
 __all__ = [
     "EVAL_RADII", "EVAL_SEED", "TRAIN_RHO", "RESULTS_SCHEMA", "Run", "Preset", "RUNS",
     "PRESETS", "PAPER_REFERENCE", "run_name", "get_run", "get_preset", "runs_for_table",
-    "results_root", "runs_root", "results_path", "run_experiment", "evaluate",
+    "results_root", "runs_root", "results_path", "run_experiment", "evaluate", "CROWN_MODES",
     "load_result", "load_results", "paper_reference", "main",
 ]
 
@@ -206,15 +207,18 @@ def runs_for_table(table: str) -> List[Run]:
 # on 2 shared CPU cores with one torch thread, batch 128 (469 steps per epoch). Measured minutes
 # per epoch (softplus / sigmoid, width 1024, with other jobs running): crt 2.3-2.7 / 5.4 / 7.6
 # for L = 2 / 3 / 4 (the 10-step attack plus the curvature estimate), pgd (10 steps) 1.8 / 3.8,
-# standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. The baselines' entries are placeholders
-# until crc_core.baselines sets them.
+# standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. Baselines (benchmarks/baselines.py, one
+# thread, shared cores, seconds per step of 128): crown-ibp 0.2-0.26 / 0.33-0.56 / 0.5-1.0 for
+# L = 2 / 3 / 4 (relu and softplus alike), i.e. about 2 / 3.5 / 6 minutes per epoch; coap
+# 0.18-0.31 (exact l2 dual) / 2.5-3.7 / 8 (50 random projections), i.e. about 2 / 25 / 63
+# minutes per epoch — COAP's deeper nets get only 2 / 1 epochs here (ε still reaches ρ halfway).
 _CPU_EPOCHS: Dict[Tuple[str, int], int] = {
     ("standard", 2): 30, ("standard", 3): 30, ("standard", 4): 30,
     ("curvature", 2): 30, ("curvature", 3): 30, ("curvature", 4): 30,
-    ("crt", 2): 16, ("crt", 3): 8, ("crt", 4): 6,
+    ("crt", 2): 24, ("crt", 3): 8, ("crt", 4): 6,
     ("pgd", 2): 20, ("pgd", 3): 12, ("pgd", 4): 8,
-    ("crown-ibp", 2): 30, ("crown-ibp", 3): 30, ("crown-ibp", 4): 30,
-    ("coap", 2): 20, ("coap", 3): 12, ("coap", 4): 8,
+    ("crown-ibp", 2): 20, ("crown-ibp", 3): 12, ("crown-ibp", 4): 8,
+    ("coap", 2): 20, ("coap", 3): 2, ("coap", 4): 1,
 }
 
 
@@ -402,8 +406,34 @@ def _crown_module():
     return crown if hasattr(crown, "certify") else None
 
 
+def _coap_module():
+    """crc_core.baselines.coap if it exists and convex_adversarial is installed, else None."""
+    try:
+        from .baselines import coap  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return coap
+
+
+#: What :func:`evaluate` computes with CROWN (``crown_mode``): nothing; the certified fractions
+#: at each ρ in EVAL_RADII (one bound of all C − 1 margins per ρ gives both runner-up and
+#: all-classes); or the runner-up certified radius by search (Table 5b's mean certificate),
+#: from which the runner-up fractions follow, plus the all-classes checks at each ρ.
+CROWN_MODES = ("none", "at-radii", "radius")
+
+
+def _default_crown_mode(spec: TrainSpec, tables: Sequence[str] = ()) -> str:
+    """``"radius"`` for the smooth nets of Table 5 (CROWN's mean certificate), ``"at-radii"`` for
+    the baselines (their certified accuracy), ``"none"`` for the others (certified by CRC)."""
+    if "table5" in tables and get_activation(spec.activation).has_curvature:
+        return "radius"
+    if spec.method in training.BASELINE_METHODS:
+        return "at-radii"
+    return "none"
+
+
 def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: bool = True,
-             device: str | torch.device = "cpu") -> Dict[str, Any]:
+             device: str | torch.device = "cpu", crown_mode: Optional[str] = None) -> Dict[str, Any]:
     """Every metric the tables need, for one trained model.
 
     On the full test set: the clean accuracy. On the evaluation subset
@@ -422,7 +452,12 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
     - curvature (smooth nets only): K_ub, the Theorem 4 bound averaged over the distinct (y, t)
       pairs of the subset (t = runner-up), and K_lb (:func:`crc_core.curvature.empirical_curvature`
       on the subset), as in Figure 1;
-    - CROWN certificates (runner-up) if :mod:`crc_core.baselines.crown` provides ``certify``.
+    - CROWN-general (:mod:`crc_core.baselines.crown`, when present), per ``crown_mode``: the
+      certified fractions at each ρ, runner-up and all-classes (bounds slot ``crown``); with
+      ``"radius"`` also the runner-up certified radius (``mean_certificate/runner-up/crown``,
+      Table 5b) — a sample counts as certified at ρ if either the bound at ρ or its radius says so;
+    - COAP (:mod:`crc_core.baselines.coap`) for ``coap`` runs: the dual bound at each ρ,
+      runner-up and all-classes (bounds slot ``coap``).
 
     Every *fraction of the subset* (``certified_fraction/…``, ``robust_fraction_pgd/…``) is
     stored with its count, standard error and 95% Wilson interval; the matching
@@ -437,6 +472,9 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
         preset: evaluation budget (subset size, batch size, PGD steps).
         progress: a tqdm bar over evaluation batches.
         device: where to evaluate.
+        crown_mode: one of :data:`CROWN_MODES`; None (default): ``"at-radii"`` for the baseline
+            methods, ``"none"`` otherwise (:func:`run_experiment` asks ``"radius"`` for the smooth
+            nets of Table 5).
 
     Returns:
         ``{"evaluation": settings, "metrics": {...}, "per_image": {...}}`` (JSON-serializable;
@@ -445,6 +483,10 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
     from tqdm.auto import tqdm
 
     preset = get_preset(preset)
+    if crown_mode is None:
+        crown_mode = _default_crown_mode(spec)
+    if crown_mode not in CROWN_MODES:
+        raise ValueError(f"crown_mode={crown_mode!r} is invalid: expected None or one of {list(CROWN_MODES)}")
     device = torch.device(device)
     model = model.to(device).eval()
     smooth = model.activation.has_curvature
@@ -455,7 +497,8 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
     X, Y = Xt[idx].to(device), Yt[idx].to(device)
     radii = EVAL_RADII
     rkey = [_fmt(r) for r in radii]
-    crown = _crown_module()
+    crown = _crown_module() if crown_mode != "none" else None
+    coap = _coap_module() if spec.method == "coap" else None
     pgd_gen = torch.Generator(device=device).manual_seed(EVAL_SEED)
 
     per: Dict[str, List[Tensor]] = {}
@@ -489,8 +532,26 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
                 adv = duality.attack(model, x, y, rho, targets="runner-up")
                 put(f"attack_tight/runner-up/{rk}", adv.tight)
         if crown is not None:
-            cr = crown.certify(model, x, y, targets="runner-up")
-            put("radius/runner-up/crown", cr.radius)
+            rows = torch.arange(x.shape[0], device=x.device)
+            radius = None
+            if crown_mode == "radius":
+                radius = crown.certify(model, x, y, targets="runner-up").radius
+                put("radius/runner-up/crown", radius)
+            for rho, rk in zip(radii, rkey):
+                with torch.no_grad():
+                    lb = crown.margin_lower_bounds(model, x, y, rho)
+                ru = lb[rows, t] > 0
+                if radius is not None:
+                    ru = ru | (radius >= rho)
+                put(f"certified/runner-up/crown/{rk}", ru)
+                put(f"certified/all-classes/crown/{rk}", lb.scatter(1, y[:, None], math.inf).amin(1) > 0)
+        if coap is not None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            for rho, rk in zip(radii, rkey):
+                with torch.no_grad():
+                    lb = coap.margin_lower_bounds(model, x, y, rho)
+                put(f"certified/runner-up/coap/{rk}", lb[rows, t] > 0)
+                put(f"certified/all-classes/coap/{rk}", lb.scatter(1, y[:, None], math.inf).amin(1) > 0)
         for rho, rk in zip(radii, rkey):
             steps, size = preset.pgd_eval(rho)
             for targets in ("runner-up", "untargeted"):
@@ -509,9 +570,16 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
             tname, bounds = rest.split("/") if kind == "radius" else (rest, "paper")
             metrics[f"mean_certificate/{tname}/{bounds}"] = float(values.double().mean())
             for rho, rk in zip(radii, rkey):
+                if f"certified/{tname}/{bounds}/{rk}" in cat:
+                    continue   # a direct check at ρ (which already counts radius ≥ ρ) wins
                 frac = _fraction(values >= rho)
                 metrics[f"certified_fraction/{tname}/{bounds}/{rk}"] = frac
                 metrics[f"certified_accuracy/{tname}/{bounds}/{rk}"] = _times_clean(frac, clean)
+        elif kind == "certified":
+            # certified/<targets>/<bounds>/<ρ>: a bound checked at ρ directly (CROWN, COAP)
+            frac = _fraction(values)
+            metrics[f"certified_fraction/{rest}"] = frac
+            metrics[f"certified_accuracy/{rest}"] = _times_clean(frac, clean)
         elif kind == "tight":
             metrics[f"certificate_success/{rest}"] = _fraction(values)
         elif kind == "paper_counted":
@@ -554,7 +622,8 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, progress: 
         "n_test": int(Xt.shape[0]), "n_subset": int(X.shape[0]), "subset_seed": EVAL_SEED,
         "radii": list(radii), "local_bounds": bool(smooth and two_layer),
         "pgd": {rk: dict(zip(("steps", "step_size"), preset.pgd_eval(r))) for r, rk in zip(radii, rkey)},
-        "pgd_restarts": 1, "crown": crown is not None,
+        "pgd_restarts": 1, "crown": crown is not None, "crown_mode": crown_mode,
+        "coap": coap is not None,
     }
     return {"evaluation": settings, "metrics": metrics, "per_image": per_image,
             "curvature_pairs": curvature_pairs}
@@ -649,7 +718,8 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         return None
     best_epoch = max(history, key=lambda row: (row["test_accuracy"], -row["epoch"]))["epoch"]
     t0 = time.perf_counter()
-    evaluation = evaluate(model, spec, preset, progress=progress, device=device)
+    evaluation = evaluate(model, spec, preset, progress=progress, device=device,
+                          crown_mode=_default_crown_mode(spec, run.tables))
     eval_seconds = time.perf_counter() - t0
     train_seconds = sum(row["seconds"] for row in history)
     result = {
@@ -889,9 +959,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{args.name} ({args.preset}): clean accuracy {m['clean_accuracy']['value']:.4f}; "
           f"results in {path}")
     for rk in (_fmt(r) for r in EVAL_RADII):
-        key = f"certified_fraction/runner-up/global/{rk}"
-        if key in m:
-            print(f"  certified (runner-up, global) at {rk}: {m[key]['value']:.4f} of the subset")
+        for bounds in ("global", "crown", "coap"):
+            key = f"certified_fraction/runner-up/{bounds}/{rk}"
+            if key in m:
+                print(f"  certified (runner-up, {bounds}) at {rk}: {m[key]['value']:.4f} of the subset")
     return 0
 
 
