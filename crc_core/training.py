@@ -76,6 +76,8 @@ METHODS: Tuple[str, ...] = TRAINABLE_METHODS + BASELINE_METHODS
 LR_SCHEDULES: Tuple[str, ...] = ("constant", "cosine")
 PGD_TARGETS: Tuple[str, ...] = ("untargeted", "runner-up")
 ATTACK_SCHEDULES: Tuple[str, ...] = ("crc", "authors")
+#: Default of TrainSpec.crown_ibp_final_beta (the value every non-CROWN-IBP spec keeps).
+_DEFAULT_FINAL_BETA = 1.0
 #: Methods that need a training radius ρ > 0.
 _NEEDS_RHO = ("crt", "pgd", "crown-ibp", "coap")
 
@@ -109,7 +111,8 @@ class TrainSpec:
             ``standard`` or ``pgd`` at γ = 0, and the baselines).
         method: ``"standard"``, ``"curvature"`` (γ-regularized, equation (7) at x^(0)),
             ``"crt"`` (equation (7) at the Definition 2 attack point), ``"pgd"`` (cross-entropy
-            at a PGD-l2 point); ``"crown-ibp"`` and ``"coap"`` are reserved for the baselines.
+            at a PGD-l2 point); ``"crown-ibp"`` and ``"coap"``: the baselines, whose losses come
+            from :data:`crc_core.baselines.TRAINING_LOSSES`.
         gamma: γ ≥ 0, the curvature coefficient (must be 0 for ``standard``).
         rho: the training radius ρ > 0 (l2) for ``crt``, ``pgd`` and the baselines; ``None`` for
             the others.
@@ -129,6 +132,12 @@ class TrainSpec:
         pgd_targets: PGD training attack, ``"untargeted"`` or ``"runner-up"``.
         train_subset: train on this many training images (a seeded random subset; for smoke
             tests), or ``None`` for all 60,000.
+        crown_ibp_final_beta: ``crown-ibp`` only: the final β of the CROWN-IBP schedule (β moves
+            from 1 to it while ε ramps up; the paper keeps the best of final β in [0.8, 3];
+            :func:`crc_core.baselines.crown.crown_ibp_schedule`). Finite, ≥ 0; must stay at its
+            default 1.0 for the other methods, and :meth:`to_dict` writes it only for
+            ``crown-ibp`` (so the specs, checkpoints and results of the other methods are
+            unchanged by its introduction).
 
     Raises:
         ValueError: naming the field and the allowed values, for any bad value.
@@ -152,6 +161,7 @@ class TrainSpec:
     pgd_step_size: Optional[float] = None
     pgd_targets: str = "untargeted"
     train_subset: Optional[int] = None
+    crown_ibp_final_beta: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
@@ -161,7 +171,7 @@ class TrainSpec:
         except (TypeError, ValueError):
             raise _field_error("widths", self.widths, "a sequence of positive integers") from None
         object.__setattr__(self, "widths", widths)
-        for name in ("gamma", "lr"):
+        for name in ("gamma", "lr", "crown_ibp_final_beta"):
             object.__setattr__(self, name, _as_float(name, getattr(self, name)))
         for name in ("rho", "pgd_step_size"):
             if getattr(self, name) is not None:
@@ -224,6 +234,13 @@ class TrainSpec:
             raise _field_error("pgd_targets", self.pgd_targets, f"one of {list(PGD_TARGETS)}")
         if self.train_subset is not None and not (1 <= self.train_subset <= 60000):
             raise _field_error("train_subset", self.train_subset, "None or an integer in [1, 60000]")
+        beta = self.crown_ibp_final_beta
+        if not (math.isfinite(beta) and beta >= 0):
+            raise _field_error("crown_ibp_final_beta", beta, "a finite number >= 0")
+        if self.method != "crown-ibp" and beta != _DEFAULT_FINAL_BETA:
+            raise _field_error("crown_ibp_final_beta", beta,
+                               f"{_DEFAULT_FINAL_BETA} (the default) for method {self.method!r}: it "
+                               "applies to 'crown-ibp' only")
         act = get_activation(self.activation)
         if not act.has_curvature:
             if self.method in ("curvature", "crt"):
@@ -251,9 +268,14 @@ class TrainSpec:
         return None if self.rho is None else 2.5 * self.rho / self.pgd_steps
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serializable dict (``widths`` as a list); inverse of :meth:`from_dict`."""
+        """A JSON-serializable dict (``widths`` as a list); inverse of :meth:`from_dict`.
+
+        ``crown_ibp_final_beta`` is written for ``crown-ibp`` runs only.
+        """
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
+        if self.method != "crown-ibp":
+            del d["crown_ibp_final_beta"]
         return d
 
     @classmethod
