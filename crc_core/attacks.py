@@ -29,7 +29,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["pgd_l2", "pgd_success", "margin", "runner_up", "TARGET_MODES"]
+__all__ = ["pgd_l2", "pgd_success", "margin", "runner_up", "project_l2_ball", "TARGET_MODES"]
 
 #: Accepted string values of ``targets`` in :func:`pgd_l2`.
 TARGET_MODES = ("runner-up", "untargeted")
@@ -117,7 +117,8 @@ def _resolve_targets(model, x, y, targets) -> Union[str, Tensor]:
         if targets == "runner-up":
             with torch.no_grad():
                 return runner_up(model(x), y)
-        raise ValueError(f"targets={targets!r} is invalid: expected one of {list(TARGET_MODES)} or a (B,) tensor")
+        raise ValueError(f"targets={targets!r} is invalid: expected one of {list(TARGET_MODES)} "
+                         "or a (B,) tensor")
     if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError("targets must be 'runner-up', 'untargeted' or an integer tensor of shape (B,)")
     t = targets.to(device=x.device, dtype=torch.int64).reshape(-1)
@@ -130,11 +131,23 @@ def _resolve_targets(model, x, y, targets) -> Union[str, Tensor]:
     return t
 
 
+def project_l2_ball(x: Tensor, x0: Tensor, rho: Tensor) -> Tensor:
+    """Project each row of x onto the ball ‖x − x0‖ ≤ ρ (ρ of shape (B,)).
+
+    A second, slightly shrinking pass absorbs the rounding of x0 + u in low precision, so the
+    result is in the ball as computed (in float32 too).
+    """
+    tiny = torch.finfo(x.dtype).tiny
+    u = x - x0
+    x = x0 + u * torch.clamp(rho[:, None] / u.norm(dim=1, keepdim=True).clamp_min(tiny), max=1.0)
+    d = (x - x0).norm(dim=1, keepdim=True)
+    shrink = torch.clamp(rho[:, None] / d.clamp_min(tiny) * (1 - 4 * torch.finfo(x.dtype).eps), max=1.0)
+    return torch.where(d > rho[:, None], x0 + (x - x0) * shrink, x)
+
+
 def _project(x: Tensor, x0: Tensor, rho: Tensor, clip) -> Tensor:
     """Onto the ρ-ball around x0, then onto the box (which keeps x in the ball when x0 is in it)."""
-    u = x - x0
-    n = u.norm(dim=1, keepdim=True)
-    x = x0 + u * torch.clamp(rho[:, None] / n.clamp_min(1e-30), max=1.0)
+    x = project_l2_ball(x, x0, rho)
     if clip is not None:
         x = x.clamp(clip[0], clip[1])
     return x

@@ -651,17 +651,22 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _provenance(preset: Preset, device: torch.device, train_seconds: float,
-                eval_seconds: float) -> Dict[str, Any]:
+def _code_state() -> Dict[str, Any]:
+    """The git commit and dirty flag of the code, read when a run starts (the code then loaded)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status)}
+
+
+def _provenance(preset: Preset, device: torch.device, train_seconds: float,
+                eval_seconds: float, code_state: Dict[str, Any]) -> Dict[str, Any]:
     dev = str(device)
     if device.type == "cuda":
         dev += f" ({torch.cuda.get_device_name(device)})"
     else:
         dev += f" ({platform.processor() or platform.machine()})"
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        **code_state,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
@@ -703,6 +708,7 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         ValueError: unknown run or preset.
         NotImplementedError: the run's method is a baseline not implemented yet.
     """
+    code_state = _code_state()
     run = get_run(name)
     preset = get_preset(preset)
     out = results_path(name, preset, results_dir)
@@ -731,7 +737,7 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         "selected_epoch": best_epoch,
         **evaluation,
         "history": history,
-        "provenance": _provenance(preset, device, train_seconds, eval_seconds),
+        "provenance": _provenance(preset, device, train_seconds, eval_seconds, code_state),
     }
     training._atomic_json(result, out)
     return result

@@ -606,13 +606,18 @@ def test_errors():
 
 @pytest.mark.slow
 def test_soundness_audit_many_pairs(net):
-    """≥ 2,000 (input, target) pairs per net over runner-up, all-classes and loose bounds."""
-    model, X, Y = net
+    """Thousands of (input, target) pairs per net: runner-up, all classes (3 pairs per input),
+    loose bounds and local bounds, against PGD (5 restarts × 200 steps) and the CRC attack."""
+    model, _, _ = net
+    X, Y = blobs(2000, model.widths[0], model.num_classes, 0, 2)
+    X = X.double()
     pairs = 0
-    for sl in (slice(0, 300), slice(300, 600)):
+    for sl in (slice(i, i + 500) for i in range(0, 2000, 500)):
         x, y = X[sl], Y[sl]
-        pairs += audit(model, x, y, duality.certify(model, x, y), False, restarts=3, steps=100)
-        pairs += audit(model, x, y, duality.certify(model, x, y, targets="all"), True, restarts=3,
-                       steps=100) * (model.num_classes - 1)
+        pairs += audit(model, x, y, duality.certify(model, x, y), False, restarts=5, steps=200)
+        pairs += audit(model, x, y, duality.certify(model, x, y, targets="all"), True, restarts=5,
+                       steps=200) * (model.num_classes - 1)
         pairs += audit(model, x, y, duality.certify(model, x, y, bounds=loose_tables(model, 3.0)), False)
+    x, y = X[:200], Y[:200]
+    pairs += audit(model, x, y, duality.certify(model, x, y, bounds="local"), False)
     assert pairs >= 2000
