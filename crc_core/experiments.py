@@ -205,8 +205,9 @@ def runs_for_table(table: str) -> List[Run]:
 
 # Training epochs at the cpu preset, by (method, L), chosen to fit about 45 minutes of training
 # on 2 shared CPU cores with one torch thread, batch 128 (469 steps per epoch). Measured minutes
-# per epoch (softplus / sigmoid, width 1024, with other jobs running): crt 2.3-2.7 / 5.4 / 7.6
-# for L = 2 / 3 / 4 (the 10-step attack plus the curvature estimate), pgd (10 steps) 1.8 / 3.8,
+# per epoch (softplus / sigmoid, width 1024, with other jobs running): crt 1.3-2.0 (the committed
+# 2x1024 run: 24 epochs in 36.7 min wall, 30.4 CPU-min, test evaluation each epoch included) /
+# 5.4 / 7.6 for L = 2 / 3 / 4 (the 10-step attack plus the curvature estimate), pgd (10 steps) 1.8 / 3.8,
 # standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. Baselines (benchmarks/baselines.py, one
 # thread, shared cores, seconds per step of 128): crown-ibp 0.2-0.26 / 0.33-0.56 / 0.5-1.0 for
 # L = 2 / 3 / 4 (relu and softplus alike), i.e. about 2 / 3.5 / 6 minutes per epoch; coap
