@@ -80,6 +80,22 @@ def margin(logits: Tensor, y: Tensor, targets: Union[str, Tensor] = "untargeted"
     return zy - logits.gather(1, targets.view(-1, 1))[:, 0]
 
 
+def check_radius(rho, batch: int, dtype: torch.dtype, device) -> Tensor:
+    """Validate an l2 radius ρ (a float or a (B,) tensor) and return it as a (B,) tensor.
+
+    Raises:
+        ValueError: for a wrong shape, or ρ that is NaN, infinite or ≤ 0.
+    """
+    rho_t = torch.as_tensor(rho, dtype=dtype, device=device)
+    if rho_t.dim() == 0:
+        rho_t = rho_t.expand(batch)
+    if rho_t.shape != (batch,):
+        raise ValueError(f"rho must be a float or a tensor of shape ({batch},), got {tuple(rho_t.shape)}")
+    if torch.isnan(rho_t).any() or (rho_t <= 0).any() or torch.isinf(rho_t).any():
+        raise ValueError(f"rho must be finite and > 0, got {rho!r}")
+    return rho_t
+
+
 def _check_args(model, x, y, rho, step_size, restarts, clip):
     x = model.check_input(x)
     B = x.shape[0]
@@ -91,13 +107,7 @@ def _check_args(model, x, y, rho, step_size, restarts, clip):
     C = model.num_classes
     if B and (y.min() < 0 or y.max() >= C):
         raise ValueError(f"y must lie in [0, {C - 1}]")
-    rho_t = torch.as_tensor(rho, dtype=x.dtype, device=x.device)
-    if rho_t.dim() == 0:
-        rho_t = rho_t.expand(B)
-    if rho_t.shape != (B,):
-        raise ValueError(f"rho must be a float or a tensor of shape ({B},), got {tuple(rho_t.shape)}")
-    if torch.isnan(rho_t).any() or (rho_t <= 0).any() or torch.isinf(rho_t).any():
-        raise ValueError(f"rho must be finite and > 0, got {rho!r}")
+    rho_t = check_radius(rho, B, x.dtype, x.device)
     if not step_size > 0 or not math.isfinite(step_size):
         raise ValueError(f"step_size must be finite and > 0, got {step_size}")
     if int(restarts) < 1:

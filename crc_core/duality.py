@@ -85,6 +85,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from .activations import require_curvature
+from . import attacks
 from .attacks import project_l2_ball, runner_up
 
 Tensor = torch.Tensor
@@ -1132,13 +1133,7 @@ def attack(model, x: Tensor, y: Tensor, rho, targets: Union[str, Tensor] = "runn
     x, y, B = _prepare(model, x, y)
     p = next(model.parameters())
     x = x.detach().to(p.dtype)
-    rho_t = torch.as_tensor(rho, dtype=x.dtype, device=x.device)
-    if rho_t.dim() == 0:
-        rho_t = rho_t.expand(B)
-    if rho_t.shape != (B,):
-        raise ValueError(f"rho must be a float or a tensor of shape ({B},), got {tuple(rho_t.shape)}")
-    if torch.isnan(rho_t).any() or (rho_t <= 0).any() or torch.isinf(rho_t).any():
-        raise ValueError(f"rho must be finite and > 0, got {rho!r}")
+    rho_t = attacks.check_radius(rho, B, x.dtype, x.device)
     if isinstance(targets, str):
         if targets != "runner-up":
             raise ValueError(f"targets={targets!r} is invalid: expected 'runner-up' or a (B,) tensor")

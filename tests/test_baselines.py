@@ -27,13 +27,6 @@ coap = pytest.importorskip("crc_core.baselines.coap")
 ACTIVATIONS = ("relu", "softplus", "sigmoid", "tanh")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on shared cores two threads can be many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,6 @@ CONFIGS = [(L, a) for L in (2, 3, 4) for a in SMOOTH]
 TOL = 1e-10  # absolute slack for comparing float64 eigenvalues of O(1)–O(100) matrices
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: one intra-op thread is faster and immune to the stalls that
-    two OpenMP threads suffer on a shared 2-core machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------
 # Helpers
 def make_net(L, act, kind="random", seed=0):

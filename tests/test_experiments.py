@@ -13,14 +13,6 @@ from crc_core import MLP, experiments, training
 from crc_core.experiments import EVAL_RADII, PRESETS, RUNS, run_name
 from crc_core.training import TrainSpec
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these nets are tiny, and on shared cores two threads can be 10-40×
-    slower (threads wait on each other when another process holds a core)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 SMOOTH_RUN = "mnist-sigmoid-2x1024-crt-g0.01-r1.58"    # 2 layers: local bounds too

@@ -12,14 +12,6 @@ from crc_core import training
 from crc_core.activations import NoCurvatureError
 from crc_core.training import TrainSpec
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these nets are tiny, and on shared cores two threads can be 10-40×
-    slower (threads wait on each other when another process holds a core)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # Tiny runs: 2-layer width-16 nets, 128 training images, batch 64 (2 steps per epoch).
