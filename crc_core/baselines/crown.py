@@ -142,13 +142,18 @@ def _bisect_increasing(phi, lo: Tensor, hi: Tensor, keep: str, steps: int) -> Te
     return hi if keep == "hi" else lo
 
 
+def _chord(act: Activation, l: Tensor, u: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """σ(l), σ(u) and the chord through them, slope k and intercept b (k = 0 where l = u)."""
+    fl, fu = act.fn(l), act.fn(u)
+    width = u - l
+    k = (fu - fl) / torch.where(width > 0, width, torch.ones_like(width))
+    return fl, fu, k, fl - k * l
+
+
 def _s_shaped_relaxation(act: Activation, lower: Tensor, upper: Tensor) -> Relaxation:
     """CROWN-general's rules for σ convex on (−∞, 0] and concave on [0, ∞) (sigmoid, tanh)."""
     l, u = lower, upper
-    fl, fu = act.fn(l), act.fn(u)
-    width = u - l
-    chord_k = (fu - fl) / torch.where(width > 0, width, torch.ones_like(width))
-    chord_b = fl - chord_k * l
+    fl, fu, chord_k, chord_b = _chord(act, l, u)
     mid_k, mid_b = _tangent(act, (l + u) / 2)
     convex, concave = u <= 0, l >= 0
     mixed = ~convex & ~concave
@@ -195,10 +200,7 @@ def _convex_relaxation(act: Activation, lower: Tensor, upper: Tensor) -> Relaxat
     function the network actually computes.
     """
     l, u = lower, upper
-    fl, fu = act.fn(l), act.fn(u)
-    width = u - l
-    chord_k = (fu - fl) / torch.where(width > 0, width, torch.ones_like(width))
-    chord_b = fl - chord_k * l
+    fl, fu, chord_k, chord_b = _chord(act, l, u)
     mid_k, mid_b = _tangent(act, (l + u) / 2)
     gap = _SOFTPLUS_GAP if act.name == "softplus" else 0.0
     return _endpoint_guard(Relaxation(mid_k, mid_b - gap, chord_k, chord_b + gap), l, u, fl, fu)
