@@ -997,15 +997,7 @@ def curvature_penalty(model, y, t, *, power_steps: int = 1) -> Tensor:
     uniq, inv = torch.unique(key, return_inverse=True)
     WL = Ws[-1]
     w = WL[uniq // C] - WL[uniq % C]
-    r = [None, sig[0]]
-    for I in range(2, L):
-        r.append(g * sig[I - 1] * r[I - 1])
-    S = w.abs()
-    Kp = h * r[L - 1] ** 2 * S.amax(1)
-    for I in range(L - 2, 0, -1):
-        S = g * (S @ Ws[I].abs())
-        Kp = Kp + h * r[I] ** 2 * S.amax(1)
-    return Kp[inv]
+    return _theorem4_core(Ws, sig, w, g, h)[inv]
 
 
 # ------------------------------------------------------------------------------------------------
