@@ -393,7 +393,7 @@ def _lr_at(spec: TrainSpec, epoch: int) -> float:
 def crt_attack(model: MLP, x: Tensor, y: Tensor, t: Tensor, spec: TrainSpec):
     """The CRT attack of Definition 2 for a training batch, with the spec's schedule.
 
-    The curvature bounds are the training-time estimate (power iteration, from below); the
+    The curvature bounds are the training-time estimate (warm-started Lanczos, an estimate from below); the
     attack only needs them to set its steps.
 
     Args:
