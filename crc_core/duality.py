@@ -1114,8 +1114,8 @@ def attack(model, x: Tensor, y: Tensor, rho, targets: Union[str, Tensor] = "runn
         targets: ``"runner-up"`` (default: the largest logit other than y at x) or a (B,) tensor.
         bounds: ``"global"`` (default; rigorous, cached per (y, t) pair by the curvature module),
             ``"estimate"`` (``curvature.global_bounds(..., exact=False)``: a fast warm-started
-            Lanczos estimate from below, the choice inside training), or ``(m, M)``: (B,) tensors for these pairs, or (C, C)
-            tables indexed [y, t].
+            Lanczos estimate from below, the choice inside training), or ``(m, M)``: (B,)
+            tensors for these pairs, or (C, C) tables indexed [y, t].
         steps: model steps (default 10; the authors' schedule is 300 gradients, see
             :func:`attack_reference`).
 
