@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from crc_core import MLP, attacks, curvature, duality
+from crc_core import MLP, attacks, curvature, dual_solvers, duality
 from crc_core.activations import NoCurvatureError
 
 F64 = torch.float64
@@ -198,7 +198,7 @@ def test_anisotropic_quadratic_reaches_dual_optimum(lam_lo, lam_hi, f0, factor):
     m = torch.full((B,), factor * lam_lo if lam_lo < 0 else lam_lo, dtype=F64)
     M = torch.full((B,), factor * lam_hi, dtype=F64)
     sol = duality.solve_certificate(fn, x0, m, M, max_evals=300)
-    _, d_star, limited = exact_dual(lam, Q, g0, f0t, duality._eta_max(m))
+    _, d_star, limited = exact_dual(lam, Q, g0, f0t, dual_solvers.certificate_eta_max(m))
     r_star = (2 * d_star).sqrt()
     assert (sol.radius <= r_star + 1e-9).all()                 # weak duality: never above
     torch.testing.assert_close(sol.radius, r_star, rtol=0, atol=1e-6)
