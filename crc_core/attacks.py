@@ -27,11 +27,14 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from . import checks
+from .checks import runner_up
+
 Tensor = torch.Tensor
 
 __all__ = ["pgd_l2", "pgd_success", "margin", "runner_up", "project_l2_ball", "TARGET_MODES"]
 
-#: Accepted string values of ``targets`` in :func:`pgd_l2`.
+#: The words of :data:`crc_core.checks.TARGET_WORDS` that :func:`pgd_l2` accepts.
 TARGET_MODES = ("runner-up", "untargeted")
 
 #: Standard deviation of the random start (the authors' N(0, 0.01²)).
@@ -39,21 +42,6 @@ RANDOM_START_STD = 0.01
 
 #: Steps per unit of ρ when ``steps`` is not given (the authors' 200·ρ).
 STEPS_PER_RHO = 200
-
-
-def runner_up(logits: Tensor, y: Tensor) -> Tensor:
-    """The runner-up class: the largest logit other than the true class.
-
-    Args:
-        logits: (B, C).
-        y: (B,) int64 labels.
-
-    Returns:
-        (B,) int64, never equal to ``y`` (C ≥ 2).
-    """
-    masked = logits.detach().clone()
-    masked.scatter_(1, y.view(-1, 1), float("-inf"))
-    return masked.argmax(dim=1)
 
 
 def margin(logits: Tensor, y: Tensor, targets: Union[str, Tensor] = "untargeted") -> Tensor:
@@ -73,72 +61,33 @@ def margin(logits: Tensor, y: Tensor, targets: Union[str, Tensor] = "untargeted"
     """
     zy = logits.gather(1, y.view(-1, 1))[:, 0]
     if isinstance(targets, str):
-        if targets != "untargeted":
-            raise ValueError(f"targets={targets!r} is invalid: expected 'untargeted' or a tensor")
+        checks.one_of(targets, "targets", ("untargeted",))
         other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
         return zy - other
     return zy - logits.gather(1, targets.view(-1, 1))[:, 0]
 
 
 def check_radius(rho, batch: int, dtype: torch.dtype, device) -> Tensor:
-    """Validate an l2 radius ρ (a float or a (B,) tensor) and return it as a (B,) tensor.
+    """An l2 radius ρ (a float or a (B,) tensor) as a (B,) tensor: :func:`crc_core.checks.radius`.
 
     Raises:
-        ValueError: for a wrong shape, or ρ that is NaN, infinite or ≤ 0.
+        TypeError, ValueError: for a wrong type or shape, or ρ that is NaN, infinite or ≤ 0.
     """
-    rho_t = torch.as_tensor(rho, dtype=dtype, device=device)
-    if rho_t.dim() == 0:
-        rho_t = rho_t.expand(batch)
-    if rho_t.shape != (batch,):
-        raise ValueError(f"rho must be a float or a tensor of shape ({batch},), got {tuple(rho_t.shape)}")
-    if torch.isnan(rho_t).any() or (rho_t <= 0).any() or torch.isinf(rho_t).any():
-        raise ValueError(f"rho must be finite and > 0, got {rho!r}")
-    return rho_t
+    return checks.radius(rho, batch, dtype, device, name="rho")
 
 
 def _check_args(model, x, y, rho, step_size, restarts, clip):
-    x = model.check_input(x)
+    x = checks.check_inputs(model, x)
     B = x.shape[0]
-    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ValueError("y must be an integer tensor of shape (B,)")
-    y = y.to(device=x.device, dtype=torch.int64).reshape(-1)
-    if y.shape != (B,):
-        raise ValueError(f"y must have shape ({B},) to match x, got {tuple(y.shape)}")
-    C = model.num_classes
-    if B and (y.min() < 0 or y.max() >= C):
-        raise ValueError(f"y must lie in [0, {C - 1}]")
-    rho_t = check_radius(rho, B, x.dtype, x.device)
-    if not step_size > 0 or not math.isfinite(step_size):
-        raise ValueError(f"step_size must be finite and > 0, got {step_size}")
-    if int(restarts) < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    y = checks.labels(model, y, B, x.device)
+    rho_t = checks.radius(rho, B, x.dtype, x.device, name="rho")
+    checks.positive(step_size, "step_size")
+    restarts = checks.count(restarts, "restarts", 1)
     if clip is not None:
         lo, hi = clip
         if not lo < hi:
             raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
-    return x, y, rho_t
-
-
-def _resolve_targets(model, x, y, targets) -> Union[str, Tensor]:
-    """'untargeted', or a (B,) tensor of targets (the runner-up at x for 'runner-up')."""
-    if isinstance(targets, str):
-        if targets == "untargeted":
-            return targets
-        if targets == "runner-up":
-            with torch.no_grad():
-                return runner_up(model(x), y)
-        raise ValueError(f"targets={targets!r} is invalid: expected one of {list(TARGET_MODES)} "
-                         "or a (B,) tensor")
-    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError("targets must be 'runner-up', 'untargeted' or an integer tensor of shape (B,)")
-    t = targets.to(device=x.device, dtype=torch.int64).reshape(-1)
-    if t.shape != y.shape:
-        raise ValueError(f"targets must have shape {tuple(y.shape)}, got {tuple(targets.shape)}")
-    if t.numel() and (t.min() < 0 or t.max() >= model.num_classes):
-        raise ValueError(f"targets must lie in [0, {model.num_classes - 1}]")
-    if (t == y).any():
-        raise ValueError("targets must differ from y for every sample")
-    return t
+    return x, y, rho_t, restarts
 
 
 def project_l2_ball(x: Tensor, x0: Tensor, rho: Tensor) -> Tensor:
@@ -184,13 +133,15 @@ def pgd_l2(model, x: Tensor, y: Tensor, rho, steps: Optional[int] = None, step_s
     Args:
         model: an :class:`~crc_core.models.MLP` (any activation, ReLU included).
         x: inputs (B, D) (or (B, ...) with D entries), finite.
-        y: true labels (B,), int64.
+        y: true labels (B,), int64; an int is broadcast to every sample
+            (:func:`crc_core.checks.labels`).
         rho: ball radius ρ > 0, a float or a (B,) tensor.
         steps: steps per restart; default ``ceil(200·max ρ)`` (the authors' 200·ρ).
         step_size: step length α (default 0.01).
         targets: ``"runner-up"`` (default; the largest other logit at x, fixed for the run),
             ``"untargeted"`` (margin against the best other class at each step), or a (B,)
-            int64 tensor of targets t ≠ y.
+            int64 tensor of targets t ≠ y (an int is broadcast). The words are those of
+            :data:`TARGET_MODES`, a subset of :data:`crc_core.checks.TARGET_WORDS`.
         restarts: independent runs per sample (default 1); the best one is kept.
         random_start: start from x0 plus N(0, 0.01²) noise (default True); otherwise from x0.
         generator: a ``torch.Generator`` for the random start (default: the global RNG). Its
@@ -203,20 +154,26 @@ def pgd_l2(model, x: Tensor, y: Tensor, rho, steps: Optional[int] = None, step_s
         ``return_margin``, the pair ``(x_adv, margin (B,))``.
 
     Raises:
-        ValueError: bad shapes, NaN, ρ ≤ 0 or NaN, unknown ``targets``, target == y.
+        ValueError: bad shapes, NaN (naming the first bad row), labels outside [0, C), ρ ≤ 0 or
+            NaN, unknown ``targets``, a target equal to y (naming the index), step_size ≤ 0,
+            restarts < 1, steps < 0.
+        TypeError: x, y or ρ of the wrong Python type.
 
     Example:
         >>> x_adv, marg = pgd_l2(model, x, y, 1.58, return_margin=True)
         >>> fooled = marg < 0
     """
-    x0, y, rho_t = _check_args(model, x, y, rho, step_size, restarts, clip)
+    x0, y, rho_t, restarts = _check_args(model, x, y, rho, step_size, restarts, clip)
     x0 = x0.detach()
-    t = _resolve_targets(model, x0, y, targets)
+    if isinstance(targets, str) and targets == "runner-up":
+        with torch.no_grad():
+            logits = model(x0)
+    else:
+        logits = None
+    t = checks.targets(model, y, targets, allowed=TARGET_MODES, logits=logits)
     if steps is None:
         steps = int(math.ceil(STEPS_PER_RHO * float(rho_t.max()))) if rho_t.numel() else 0
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    steps = checks.count(steps, "steps", 0)
 
     def loss_and_grad(xc):
         with torch.enable_grad():
@@ -228,7 +185,7 @@ def pgd_l2(model, x: Tensor, y: Tensor, rho, steps: Optional[int] = None, step_s
     best_x = x0.clone()
     with torch.no_grad():
         best_m = margin(model(x0), y, t)
-    for _ in range(int(restarts)):
+    for _ in range(restarts):
         xc = x0
         if random_start:
             dev = generator.device if generator is not None else x0.device
@@ -260,5 +217,6 @@ def pgd_success(model, x: Tensor, y: Tensor, rho, **kwargs) -> Tensor:
         (B,) bool. Empirical robust accuracy = mean of ``(model(x).argmax(1) == y) & ~success``.
     """
     x_adv = pgd_l2(model, x, y, rho, **kwargs)
+    y = checks.labels(model, y, x_adv.shape[0], x_adv.device)
     with torch.no_grad():
-        return model(x_adv).argmax(dim=1) != y.to(x_adv.device).reshape(-1)
+        return model(x_adv).argmax(dim=1) != y

@@ -467,7 +467,7 @@ def count(value, name: str, minimum: int = 0) -> int:
 
 
 def positive(value, name: str) -> float:
-    """A finite real number > 0 (step sizes, tolerances).
+    """A finite real number > 0 (step sizes, tolerances); a 0-d real tensor counts as one.
 
     Raises:
         ValueError: not a real number, NaN, ±inf or ≤ 0.
@@ -476,6 +476,8 @@ def positive(value, name: str) -> float:
         >>> positive(0.01, "step_size")
         0.01
     """
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype.is_floating_point:
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or not value > 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -37,7 +37,7 @@ from typing import List
 
 import torch
 
-from .activations import require_curvature
+from . import checks
 
 Tensor = torch.Tensor
 
@@ -51,59 +51,16 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------
-# Argument checks
+# Argument checks (crc_core.checks) and the margin's coefficient vector
 def _check_x(model, x: Tensor) -> Tensor:
-    """Validate x with the model's own check and cast it to the model's dtype."""
-    x = model.check_input(x)
-    weight = model.weights[0]
-    if x.device != weight.device:
-        raise ValueError(
-            f"x is on {x.device} but the model is on {weight.device}; move one of them "
-            "(e.g. model.to(x.device))"
-        )
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    return x.to(weight.dtype)
-
-
-def _check_labels(model, x: Tensor, labels, name: str) -> Tensor:
-    """Return ``labels`` as an int64 (B,) tensor on x's device; ints and 0-dim tensors broadcast."""
-    batch, classes = x.shape[0], model.num_classes
-    if isinstance(labels, bool):
-        raise TypeError(f"{name} must be an integer tensor of shape ({batch},), got a bool")
-    if isinstance(labels, int):
-        labels = torch.full((batch,), labels, dtype=torch.int64, device=x.device)
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape ({batch},), got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"{name} must have an integer dtype (int64), got {labels.dtype}")
-    if labels.dim() == 0:
-        labels = labels.expand(batch)
-    if labels.shape != (batch,):
-        raise ValueError(
-            f"{name} must have shape ({batch},) to match x of shape {tuple(x.shape)}, "
-            f"got {tuple(labels.shape)}"
-        )
-    labels = labels.to(device=x.device, dtype=torch.int64)
-    if batch and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(
-            f"{name} must lie in [0, {classes - 1}] (the model has {classes} classes), "
-            f"got values in [{int(labels.min())}, {int(labels.max())}]"
-        )
-    return labels
+    """x as (B, D) in the model's dtype: finite, floating point, on the model's device."""
+    x = checks.check_inputs(model, x, same_device=True)
+    return x.to(model.weights[0].dtype)
 
 
 def _margin_coefficients(model, x: Tensor, y, t) -> Tensor:
-    """v (B, C) with v·z^(L) = z_y − z_t."""
-    y = _check_labels(model, x, y, "y")
-    t = _check_labels(model, x, t, "t")
-    same = y == t
-    if same.any():
-        first = int(same.nonzero()[0, 0])
-        raise ValueError(
-            f"y and t must differ for every sample (the margin z_y - z_t would be 0); "
-            f"y == t == {int(y[first])} at index {first} ({int(same.sum())} sample(s) in all)"
-        )
+    """v (B, C) with v·z^(L) = z_y − z_t (y ≠ t; ints broadcast)."""
+    y, t = checks.margin_labels(model, y, t, batch=x.shape[0], device=x.device)
     v = torch.zeros(x.shape[0], model.num_classes, dtype=x.dtype, device=x.device)
     rows = torch.arange(x.shape[0], device=x.device)
     v[rows, y] = 1
@@ -112,8 +69,8 @@ def _margin_coefficients(model, x: Tensor, y, t) -> Tensor:
 
 
 def _logit_coefficients(model, x: Tensor, i) -> Tensor:
-    """v (B, C) with v·z^(L) = z_i."""
-    i = _check_labels(model, x, i, "i")
+    """v (B, C) with v·z^(L) = z_i (an int i is broadcast)."""
+    i = checks.labels(model, i, x.shape[0], x.device, "i")
     v = torch.zeros(x.shape[0], model.num_classes, dtype=x.dtype, device=x.device)
     v[torch.arange(x.shape[0], device=x.device), i] = 1
     return v
@@ -335,7 +292,7 @@ def margin_hessian(model, x: Tensor, y, t, *, differentiable: bool = False) -> T
         >>> H.shape, torch.linalg.eigvalsh(H).shape
         (torch.Size([3, 784, 784]), torch.Size([3, 784]))
     """
-    require_curvature(model.activation)
+    checks.smooth_model(model)
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         x = _check_x(model, x)
         return _lemma1(model, x, _margin_coefficients(model, x, y, t))
@@ -367,7 +324,7 @@ def margin_hessian_terms(model, x: Tensor, y, t, *, differentiable: bool = False
         >>> len(terms), terms[0].shape
         (2, torch.Size([2, 20, 20]))
     """
-    require_curvature(model.activation)
+    checks.smooth_model(model)
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         x = _check_x(model, x)
         return _lemma1(model, x, _margin_coefficients(model, x, y, t), per_term=True)
@@ -399,7 +356,7 @@ def logit_hessian(model, x: Tensor, i, *, differentiable: bool = False) -> Tenso
         >>> logit_hessian(model, torch.rand(2, 10, dtype=torch.float64), torch.tensor([0, 3])).shape
         torch.Size([2, 10, 10])
     """
-    require_curvature(model.activation)
+    checks.smooth_model(model)
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         x = _check_x(model, x)
         return _lemma1(model, x, _logit_coefficients(model, x, i))

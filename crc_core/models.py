@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
+from . import checks
 from .activations import Activation, get_activation
 
 Tensor = torch.Tensor
@@ -97,23 +98,13 @@ class MLP(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> Tensor:
-        """Validate a batch ``x`` and flatten images: returns (B, D).
+        """Validate a batch ``x`` and flatten images: returns (B, D) (:func:`crc_core.checks.check_inputs`).
 
         Raises:
-            ValueError: for a wrong shape or non-finite values.
+            TypeError: x is not a tensor.
+            ValueError: for a wrong shape, an integer dtype, or NaN / ±inf (naming the first row).
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() >= 2 and x.dim() != 2 and x[0].numel() == self.input_dim:
-            x = x.reshape(x.shape[0], -1)
-        if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(
-                f"x must have shape (B, {self.input_dim}) (or (B, ...) with {self.input_dim} "
-                f"entries per sample), got {tuple(x.shape)}"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
-        return x
+        return checks.check_inputs(self, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits z^(L)(x): (B, D) → (B, C)."""

@@ -125,3 +125,45 @@ def test_errors():
         attacks.pgd_l2(model, x, y, 0.5, targets=y.clone())
     with pytest.raises(ValueError, match="restarts"):
         attacks.pgd_l2(model, x, y, 0.5, restarts=0)
+
+
+def test_int_label_and_target_broadcast():
+    """One policy (crc_core.checks.labels): an int label or target is broadcast to every sample."""
+    torch.manual_seed(0)
+    model = MLP([8, 16, 3], "tanh").double()
+    x = torch.rand(5, 8, dtype=F64)
+    kw = dict(steps=5, random_start=False, return_margin=True)
+    a, ma = attacks.pgd_l2(model, x, 1, 0.3, targets=2, **kw)
+    b, mb = attacks.pgd_l2(model, x, torch.full((5,), 1), 0.3, targets=torch.full((5,), 2), **kw)
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    assert torch.equal(attacks.pgd_success(model, x, 1, 0.3, steps=5, random_start=False),
+                       attacks.pgd_success(model, x, torch.full((5,), 1), 0.3, steps=5, random_start=False))
+
+
+def test_error_messages():
+    model = MLP([8, 16, 3], "softplus")
+    x, y = torch.rand(4, 8), torch.tensor([0, 1, 2, 0])
+    bad = x.clone()
+    bad[2, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite values: first at row 2"):
+        attacks.pgd_l2(model, bad, y, 0.5)
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 2\] \(the model has 3 classes\), got 3 at index 1"):
+        attacks.pgd_l2(model, x, torch.tensor([0, 3, 1, 1]), 0.5)
+    with pytest.raises(ValueError, match=r"y must have shape \(4,\) to match x, got \(4, 1\)"):
+        attacks.pgd_l2(model, x, y[:, None], 0.5)
+    with pytest.raises(ValueError, match=r"rho must be finite and > 0, got -0.5 at index 3"):
+        attacks.pgd_l2(model, x, y, torch.tensor([0.5, 0.5, 0.5, -0.5]))
+    with pytest.raises(ValueError, match=r"rho must be a float or a tensor of shape \(4,\)"):
+        attacks.check_radius(torch.ones(3), 4, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"targets='all' is invalid: expected one of \['runner-up', 'untargeted'\]"):
+        attacks.pgd_l2(model, x, y, 0.5, targets="all")
+    with pytest.raises(ValueError, match="targets must differ from y.*at index 0"):
+        attacks.pgd_l2(model, x, y, 0.5, targets=torch.tensor([0, 2, 0, 1]))
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        attacks.pgd_l2(model, x, y, 0.5, step_size=0.0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0, got -1"):
+        attacks.pgd_l2(model, x, y, 0.5, steps=-1)
+    with pytest.raises(ValueError, match="clip must be"):
+        attacks.pgd_l2(model, x, y, 0.5, clip=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"targets='runner-up' is invalid: expected one of \['untargeted'\]"):
+        attacks.margin(model(x), y, "runner-up")

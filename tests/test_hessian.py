@@ -239,6 +239,21 @@ def test_argument_errors():
     x_nan[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         hessian.margin_hessian(model, x_nan, y, t)
+    # the messages of crc_core.checks: the first offending index, the expected range
+    with pytest.raises(ValueError, match=r"NaN or infinite values: first at row 1"):
+        hessian.input_jacobians(model, x_nan)
+    with pytest.raises(ValueError, match=r"y == t == .* at index 2"):
+        hessian.margin_hessian(model, x, y, torch.cat([t[:2], y[2:]]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 3\] \(the model has 4 classes\), got 4 at index 0"):
+        hessian.margin_hessian(model, x, y, torch.tensor([4, 0, 0]))
+    with pytest.raises(ValueError, match=r"i must lie in \[0, 3\].*got 7$"):
+        hessian.logit_hessian(model, x, 7)
+    with pytest.raises(ValueError, match="floating-point"):
+        hessian.logit_hessian(model, x.long(), y)
+    with pytest.raises(TypeError, match="y must be an int or an integer tensor"):
+        hessian.margin_hessian(model, x, [0, 1, 2], t)
+    with pytest.raises(TypeError, match="model must be a crc_core.MLP"):
+        hessian.margin_hessian(torch.nn.Linear(6, 4), x, y, t)
 
 
 def test_blocked_symmetric_product_on_small_inputs(monkeypatch):

@@ -168,6 +168,14 @@ def test_input_errors():
         model(torch.zeros(2, 7))
     with pytest.raises(ValueError, match="NaN"):
         model(torch.full((2, 6), float("nan")))
+    x = torch.zeros(3, 6)
+    x[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite values: first at row 2 \(1 row\(s\) in all\)"):
+        model.check_input(x)
+    with pytest.raises(ValueError, match="floating-point tensor, got dtype torch.int64"):
+        model(torch.zeros(2, 6, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model([[0.0] * 6])
     with pytest.raises(ValueError, match="at least three"):
         MLP([784, 10])
     with pytest.raises(ValueError, match="unknown activation"):
