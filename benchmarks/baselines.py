@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crc_core import MLP, training  # noqa: E402
+from crc_core import MLP, data  # noqa: E402
 from crc_core.baselines import coap, crown  # noqa: E402
 from crc_core.training import TrainSpec  # noqa: E402
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    X, Y = training.load_data("mnist", "train")
+    X, Y = data.load("mnist", "train")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32 unless stated")
     bench_certificate(args, X, Y)
     bench_training(args, X, Y)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crc_core import MLP, curvature, training  # noqa: E402
+from crc_core import MLP, curvature, data, training  # noqa: E402
 from crc_core.attacks import runner_up  # noqa: E402
 from crc_core.experiments import PRESETS, RUNS  # noqa: E402
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    X, Y = training.load_data("mnist", "train")
+    X, Y = data.load("mnist", "train")
     model = MLP([784, args.width, 10], args.activation)
     ours = PRESETS["cpu"].apply(RUNS[RUN].spec).replace(
         widths=(784, args.width, 10), activation=args.activation, rho=args.rho, gamma=args.gamma,

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import json
 import math
@@ -64,7 +63,7 @@ __all__ = [
     "METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS",
     "ATTACK_SCHEDULES",
     "TrainSpec", "train", "load_model", "read_history", "is_trained", "is_implemented",
-    "accuracy", "load_data", "crt_attack", "CHECKPOINT", "BEST", "LAST",
+    "accuracy", "crt_attack", "CHECKPOINT", "BEST", "LAST",
 ]
 
 #: Methods implemented here.
@@ -365,14 +364,8 @@ def _atomic_json(obj, path: Path) -> None:
     _atomic_write_bytes_via(path, write)
 
 
-@functools.lru_cache(maxsize=4)
-def load_data(dataset: str, split: str) -> Tuple[Tensor, Tensor]:
-    """:func:`crc_core.data.load`, cached per process (the tensors are shared: do not modify)."""
-    return data_module.load(dataset, split)
-
-
 def _train_data(spec: TrainSpec) -> Tuple[Tensor, Tensor]:
-    X, Y = load_data(spec.dataset, "train")
+    X, Y = data_module.load(spec.dataset, "train")
     if spec.train_subset is not None and spec.train_subset < X.shape[0]:
         g = torch.Generator().manual_seed(spec.seed)
         idx = torch.randperm(X.shape[0], generator=g)[:spec.train_subset]
@@ -603,7 +596,7 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
     if start_epoch < last_epoch:
         X, Y = _train_data(spec)
         X, Y = X.to(device), Y.to(device)
-        Xt, Yt = load_data(spec.dataset, "test")
+        Xt, Yt = data_module.load(spec.dataset, "test")
         n = X.shape[0]
         steps_per_epoch = math.ceil(n / spec.batch_size)
         from tqdm.auto import tqdm

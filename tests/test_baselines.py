@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crc_core import MLP, attacks, experiments, training
+from crc_core import MLP, attacks, data, experiments, training
 from crc_core.activations import get_activation
 from crc_core.baselines import TRAINING_LOSSES, crown
 from crc_core.training import TrainSpec
@@ -31,7 +31,7 @@ ACTIVATIONS = ("relu", "softplus", "sigmoid", "tanh")
 
 @pytest.fixture(scope="module")
 def mnist():
-    X, Y = training.load_data("mnist", "train")
+    X, Y = data.load("mnist", "train")
     return X[:2048], Y[:2048]
 
 
