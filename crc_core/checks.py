@@ -26,6 +26,7 @@ wrong shapes, dtypes and values raise :class:`ValueError`; a ReLU network given 
 quantity raises :class:`~crc_core.activations.NoCurvatureError` (a ``ValueError``).
 
 Example:
+    >>> import torch
     >>> from crc_core import MLP, checks
     >>> model = MLP([6, 5, 3])
     >>> checks.labels(model, 2, batch=4, device="cpu")          # an int is broadcast
@@ -278,7 +279,7 @@ def targets(model, y: Tensor, targets, *, allowed: Iterable[str] = TARGET_WORDS,
         TypeError: targets neither a word nor labels.
 
     Example:
-        >>> targets(model, y, "all", allowed=("runner-up", "all"))
+        >>> targets(MLP([6, 5, 3]), torch.tensor([0, 1]), "all", allowed=("runner-up", "all"))
         'all'
     """
     allowed = _words(allowed, TARGET_WORDS, "targets")
@@ -357,6 +358,8 @@ def bounds(bounds, *, allowed: Iterable[str] = BOUND_WORDS, batch: Optional[int]
     elif m.shape != M.shape:
         raise ValueError(f"bounds (m, M) must have the same shape, got {tuple(m.shape)} and {tuple(M.shape)}")
     bad = torch.isnan(m) | torch.isnan(M) | (m > M)
+    if classes is not None and m.dim() == 2:     # [y, y] is never used (NaN in all_pair_bounds)
+        bad &= ~torch.eye(classes, dtype=torch.bool, device=m.device)
     if bool(bad.any()):
         index = tuple(bad.nonzero()[0].tolist())
         where = f" at index {index[0] if len(index) == 1 else index}" if index else ""
