@@ -380,9 +380,9 @@ def load(name: str, split: str = "train", root: Optional[os.PathLike] = None,
     inode, size, modification and change times): a file that is rewritten, replaced, deleted
     or touched since is read and MD5-checked again. (Blind spot: a same-size rewrite within
     one tick of the file system's clock, a few ms, of the file's previous write; :func:`verify`
-    always reads the files.) A cached load costs only the conversion of the bytes, about half
-    of a first load. Every call returns **new tensors**, which the caller may modify freely.
-    :func:`clear_cache` empties the cache.
+    always reads the files.) A cached load costs only the conversion of the bytes, 0.5–0.6 of
+    the time of a first load (``benchmarks/data.py``). Every call returns **new tensors**,
+    which the caller may modify freely. :func:`clear_cache` empties the cache.
 
     Args:
         name: ``"mnist"`` or ``"fashion-mnist"`` (also ``"fashion"``, ``"fmnist"``,
