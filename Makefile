@@ -1,5 +1,7 @@
 # make test  — create .venv if missing, install the pinned dependencies, fetch the data, run pytest.
 # make book  — execute every notebook (papermill, PRESET=cpu by default) and build the Jupyter Book.
+# make book-check — headless Chromium, offline, checks that MathJax typeset every formula of the
+#               built book (BOOK_CHECK_PAGES must pass; every other page with math is checked too).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3.11
@@ -9,8 +11,12 @@ STAMP := $(VENV)/.installed
 PRESET ?= cpu
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 GENERATED := book/generated
+# MathJax 3, vendored from the npm registry (tools/vendor_mathjax.py) and served from the build.
+MATHJAX := _vendor/mathjax
+# Pages the browser check must find typeset (relative to _build/html); add a table page here.
+BOOK_CHECK_PAGES ?= theory.html
 
-.PHONY: test book data install clean
+.PHONY: test book book-check mathjax data install clean
 
 install: $(STAMP)
 
@@ -28,13 +34,16 @@ data: $(STAMP)
 test: $(STAMP) data
 	$(PY) -m pytest
 
-book: $(STAMP) data
-	mkdir -p $(GENERATED)
-	for nb in $(NOTEBOOKS); do \
-	  echo "executing $$nb (preset $(PRESET))"; \
-	  $(VENV)/bin/papermill --cwd . "$$nb" "$(GENERATED)/$$(basename $$nb)" -p preset $(PRESET); \
-	done
+# Fetched once (npm pack, integrity-checked); a no-op when the pinned version is there.
+mathjax: $(STAMP)
+	$(PY) tools/vendor_mathjax.py --dest $(MATHJAX)
+
+book: $(STAMP) data mathjax
+	$(PY) tools/execute_notebooks.py --preset $(PRESET) --out $(GENERATED) $(NOTEBOOKS)
 	$(VENV)/bin/jupyter-book build book/ --path-output . -W -n --keep-going
+
+book-check: $(STAMP)
+	$(PY) tools/check_math_render.py --build _build/html --all-math $(BOOK_CHECK_PAGES)
 
 clean:
 	rm -rf _build $(GENERATED)
