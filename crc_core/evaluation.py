@@ -1,0 +1,517 @@
+"""The evaluation of a trained network: per-image tables, then the metrics they give.
+
+Two tables, one row per image (columns of equal length, as ``locuslab/smoothing`` stores one row
+per certified example), then one summary step (:func:`summarize`) that turns them into every
+metric of the results store (``results/README.md``):
+
+- the **test-set table** (:func:`test_set_table`): every test image (the first ``preset.test_n``
+  at ``smoke``): label, the float32 and float64 decisions, and the certificates — sound CRC radii
+  (all classes and runner-up, rigorous global curvature bounds) for smooth nets, and the
+  baselines' own certificates (CROWN-general bounds; the COAP dual for COAP nets) at each ρ.
+  Certified accuracy = the fraction of *all* test images that are correctly classified and
+  certified at ρ: the headline metric, the one later deterministic defenses report;
+- the **subset table** (:func:`subset_table`): ``preset.eval_n`` randomly chosen correctly
+  classified test images (:func:`crc_core.data.evaluation_subset`; the paper used 150): the
+  paper's metric (certified fraction of the subset), certificate and attack success (Table 2),
+  the authors' residual rule, local bounds (two-layer nets), PGD-l2 and the CRC attack;
+- the **soundness audit** (:func:`soundness_audit`): untargeted PGD with restarts against every
+  certified subset image at 0.999 × its all-classes certified radius. A success would be a
+  certificate violated: the count must be 0.
+
+Radii are stored rounded *down* to 1e-5 (a stored radius never exceeds the sound one), upper
+curvature bounds rounded up and lower bounds down.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from . import attacks, curvature, data, duality
+from .attacks import runner_up
+from .runs import EVAL_RADII, EVAL_SEED, Preset, format_radius, get_preset
+from .training import BASELINE_METHODS, TrainSpec
+
+Tensor = torch.Tensor
+
+__all__ = ["CROWN_MODES", "AUDIT_SCALE", "wilson_interval", "proportion", "times_clean",
+           "default_crown_mode", "test_set_table", "subset_table", "soundness_audit",
+           "curvature_table", "summarize", "evaluate", "round_down", "round_up"]
+
+#: What is computed with CROWN-general (``crown_mode``): nothing; the certified flags at each ρ
+#: (one bound of all C − 1 margins per ρ gives runner-up and all-classes); or also the runner-up
+#: certified radius by search (Table 5b's mean certificate).
+CROWN_MODES = ("none", "at-radii", "radius")
+#: The soundness audit attacks at this fraction of each certified radius.
+AUDIT_SCALE = 0.999
+_DIGITS = 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Proportions
+# ------------------------------------------------------------------------------------------------
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
+    """The 95% Wilson score interval of k successes in n trials ((nan, nan) for n = 0)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Exact at the ends (k = 0 or n), where rounding would leave the point estimate outside.
+    return (0.0 if k == 0 else max(0.0, min(p, centre - half)),
+            1.0 if k == n else min(1.0, max(p, centre + half)))
+
+
+def proportion(flags) -> Dict[str, Any]:
+    """A binomial proportion of a bool sequence: ``{"value", "count", "n", "se", "ci95"}``."""
+    flags = torch.as_tensor(flags).reshape(-1).bool()
+    n = int(flags.numel())
+    k = int(flags.sum())
+    p = k / n if n else float("nan")
+    lo, hi = wilson_interval(k, n)
+    return {"value": p, "count": k, "n": n,
+            "se": math.sqrt(p * (1 - p) / n) if n else float("nan"), "ci95": [lo, hi]}
+
+
+def times_clean(frac: Mapping[str, Any], clean: Mapping[str, Any]) -> Dict[str, Any]:
+    """P(correct and robust) ≈ (subset fraction) × (clean accuracy), for what is measured on the
+    subset only (PGD). Delta-method standard error (both factors); the 95% interval is the subset
+    fraction's Wilson interval times the clean accuracy. ``count`` is None."""
+    f, c = frac["value"], clean["value"]
+    se = math.sqrt((c * frac["se"]) ** 2 + (f * clean["se"]) ** 2)
+    lo, hi = frac["ci95"]
+    return {"value": f * c, "count": None, "n": frac["n"], "se": se, "ci95": [lo * c, hi * c]}
+
+
+def round_down(values, digits: int = _DIGITS) -> List[Optional[float]]:
+    """Floats rounded toward −∞ to ``digits`` decimals (None for NaN / inf): for radii and lower
+    bounds, so that a stored value never exceeds the computed one."""
+    return _rounded(values, digits, math.floor)
+
+
+def round_up(values, digits: int = _DIGITS) -> List[Optional[float]]:
+    """Floats rounded toward +∞ to ``digits`` decimals (None for NaN / inf): for upper bounds."""
+    return _rounded(values, digits, math.ceil)
+
+
+def _rounded(values, digits: int, direction) -> List[Optional[float]]:
+    scale = 10 ** digits
+    out: List[Optional[float]] = []
+    for v in torch.as_tensor(values).detach().double().cpu().reshape(-1).tolist():
+        if not math.isfinite(v):
+            out.append(None)
+            continue
+        r = direction(v * scale) / scale
+        # v * scale and the division round: step once more if that crossed v.
+        if direction is math.floor and r > v:
+            r = (math.floor(v * scale) - 1) / scale
+        elif direction is math.ceil and r < v:
+            r = (math.ceil(v * scale) + 1) / scale
+        out.append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The tables
+# ------------------------------------------------------------------------------------------------
+
+def default_crown_mode(spec: TrainSpec, tables: Sequence[str] = ()) -> str:
+    """``"radius"`` for the smooth nets of Table 5 (CROWN's mean certificate), ``"at-radii"`` for
+    the baselines (their certified accuracy), ``"none"`` for the others (certified by CRC)."""
+    from .activations import get_activation
+
+    if "table5" in tables and get_activation(spec.activation).has_curvature:
+        return "radius"
+    if spec.method in BASELINE_METHODS:
+        return "at-radii"
+    return "none"
+
+
+def _batches(n: int, size: int):
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _baseline_flags(module, model, x: Tensor, y: Tensor, t: Tensor, rho: float,
+                    correct: Tensor) -> Tuple[Tensor, Tensor]:
+    """(runner-up, all-classes) certified flags of a bound-propagation baseline at ρ: every margin
+    lower bound over the ball positive (and the centre correctly classified)."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    with torch.no_grad():
+        lb = module.margin_lower_bounds(model, x, y, rho)
+    runner = (lb[rows, t] > 0) & correct
+    every = (lb.scatter(1, y[:, None], math.inf).amin(1) > 0) & correct
+    return runner, every
+
+
+def _baseline_modules(spec: TrainSpec, crown_mode: str, where: str) -> Dict[str, Any]:
+    """The baselines' certificates to compute: ``{"crown": module, "coap": module}``.
+
+    On the test set (``where="test"``) only the baselines' own certificates are computed (CROWN
+    for CROWN-IBP and COAP nets; Table 5's CROWN radii of smooth nets are a subset metric), and
+    COAP's dual bound for two-layer nets only (on deeper nets it uses random projections and is
+    slow on a CPU)."""
+    out: Dict[str, Any] = {}
+    if crown_mode != "none" and (where == "subset" or spec.method in BASELINE_METHODS):
+        from .baselines import crown
+        out["crown"] = crown
+    if spec.method == "coap" and (where == "subset" or spec.depth == 2):
+        from .baselines import coap
+        out["coap"] = coap
+    return out
+
+
+def test_set_table(model, spec: TrainSpec, X: Tensor, Y: Tensor, preset: Preset, *,
+                   bounds: Optional[Tuple[Tensor, Tensor]] = None, crown_mode: str = "none",
+                   progress: bool = True) -> Dict[str, Tensor]:
+    """One row per test image: the decisions and the certificates at each ρ.
+
+    Columns (each (N,)): ``label``; ``predicted`` (argmax of the float32 net: accuracy and PGD
+    use it) and ``predicted64`` (of its float64 copy: the certificates are for that network);
+    for smooth nets ``radius/all-classes/global`` and ``radius/runner-up/global`` (sound CRC
+    radii, 0 for misclassified images) and ``target/all-classes/global`` (the minimizing class);
+    for baselines ``certified/<targets>/<crown|coap>/<ρ>`` (bool: correct and every margin bound
+    positive on the ball).
+
+    Args:
+        model: the trained MLP (on the device of X).
+        spec: its training spec (method, depth).
+        X, Y: test images (N, D) and labels (N,).
+        preset: batch size (``test_batch_size``).
+        bounds: rigorous per-pair curvature tables (m, M), each (C, C), for smooth nets
+            (default: :func:`crc_core.curvature.all_pair_bounds`, computed once here).
+        crown_mode: one of :data:`CROWN_MODES` (``"radius"`` adds nothing here: the mean CROWN
+            certificate is a subset metric).
+        progress: a tqdm bar over batches.
+    """
+    from tqdm.auto import tqdm
+
+    model = model.eval()
+    smooth = model.activation.has_curvature
+    if smooth and bounds is None:
+        bounds = curvature.all_pair_bounds(model)
+    baselines = _baseline_modules(spec, crown_mode, "test")
+    model64 = _float64_copy(model)
+    cols: Dict[str, List[Tensor]] = {}
+
+    def put(key: str, value: Tensor) -> None:
+        cols.setdefault(key, []).append(value.detach().cpu())
+
+    for sl in tqdm(_batches(X.shape[0], preset.test_batch_size), desc="certify test set",
+                   disable=not progress, dynamic_ncols=True):
+        x, y = X[sl], Y[sl]
+        with torch.no_grad():
+            logits = model(x)
+            pred = logits.argmax(1)
+            pred64 = model64(x.double()).argmax(1)
+        put("label", y)
+        put("predicted", pred)
+        put("predicted64", pred64)
+        if smooth:
+            for targets, tname in (("all", "all-classes"), ("runner-up", "runner-up")):
+                cert = duality.certify(model, x, y, targets=targets, bounds=bounds, progress=False)
+                put(f"radius/{tname}/global", cert.radius)
+                if targets == "all":
+                    put(f"target/{tname}/global", cert.target)
+        correct = pred == y
+        t = runner_up(logits, y)
+        for name, module in baselines.items():
+            for rho in EVAL_RADII:
+                ru, every = _baseline_flags(module, model, x, y, t, rho, correct)
+                put(f"certified/runner-up/{name}/{format_radius(rho)}", ru)
+                put(f"certified/all-classes/{name}/{format_radius(rho)}", every)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def _float64_copy(model):
+    import copy
+
+    return copy.deepcopy(model).double().eval()
+
+
+def subset_table(model, spec: TrainSpec, X: Tensor, Y: Tensor, preset: Preset, *,
+                 bounds: Optional[Tuple[Tensor, Tensor]] = None, crown_mode: str = "none",
+                 progress: bool = True) -> Dict[str, Tensor]:
+    """One row per image of the evaluation subset (correctly classified images).
+
+    Columns (each (n,)): ``label``, ``runner_up``; for smooth nets, per certificate kind
+    ``radius/<targets>/<bounds>``, ``tight/<targets>/<bounds>`` (primal = dual),
+    ``target/<targets>/global``, ``paper_radius/<targets>`` (the authors' formula where their
+    residual rule counts it, else 0) and ``paper_counted/<targets>``; ``radius/runner-up/local``
+    and ``tight/runner-up/local`` for two-layer nets; ``attack_tight/runner-up/<ρ>`` (the CRC
+    attack reaches ‖x − x0‖ = ρ); for baselines ``certified/<targets>/<crown|coap>/<ρ>`` and, with
+    ``crown_mode="radius"``, ``radius/runner-up/crown``; ``pgd_robust/<runner-up|untargeted>/<ρ>``.
+    Arguments as in :func:`test_set_table`.
+    """
+    from tqdm.auto import tqdm
+
+    model = model.eval()
+    smooth = model.activation.has_curvature
+    if smooth and bounds is None:
+        bounds = curvature.all_pair_bounds(model)
+    baselines = _baseline_modules(spec, crown_mode, "subset")
+    pgd_gen = torch.Generator(device=X.device).manual_seed(EVAL_SEED)
+    cols: Dict[str, List[Tensor]] = {}
+
+    def put(key: str, value: Tensor) -> None:
+        cols.setdefault(key, []).append(value.detach().cpu())
+
+    for sl in tqdm(_batches(X.shape[0], preset.eval_batch_size), desc="evaluate subset",
+                   disable=not progress, dynamic_ncols=True):
+        x, y = X[sl], Y[sl]
+        with torch.no_grad():
+            t = runner_up(model(x), y)
+        put("label", y)
+        put("runner_up", t)
+        if smooth:
+            for targets, tname in (("runner-up", "runner-up"), ("all", "all-classes")):
+                cert = duality.certify(model, x, y, targets=targets, bounds=bounds, progress=False)
+                put(f"radius/{tname}/global", cert.radius)
+                put(f"tight/{tname}/global", cert.tight)
+                put(f"target/{tname}/global", cert.target)
+                put(f"paper_radius/{tname}", torch.where(cert.paper_counted, cert.paper_radius,
+                                                         torch.zeros_like(cert.paper_radius)))
+                put(f"paper_counted/{tname}", cert.paper_counted)
+            if model.num_layers == 2:
+                cert = duality.certify(model, x, y, targets="runner-up", bounds="local",
+                                       progress=False)
+                put("radius/runner-up/local", cert.radius)
+                put("tight/runner-up/local", cert.tight)
+            for rho in EVAL_RADII:
+                adv = duality.attack(model, x, y, rho, targets="runner-up")
+                put(f"attack_tight/runner-up/{format_radius(rho)}", adv.tight)
+        correct = torch.ones_like(y, dtype=torch.bool)
+        for name, module in baselines.items():
+            if name == "crown" and crown_mode == "radius":
+                put("radius/runner-up/crown", module.certify(model, x, y, targets="runner-up").radius)
+            for rho in EVAL_RADII:
+                ru, every = _baseline_flags(module, model, x, y, t, rho, correct)
+                put(f"certified/runner-up/{name}/{format_radius(rho)}", ru)
+                put(f"certified/all-classes/{name}/{format_radius(rho)}", every)
+        for rho in EVAL_RADII:
+            steps, size = preset.pgd_eval(rho)
+            for targets in ("runner-up", "untargeted"):
+                x_adv = attacks.pgd_l2(model, x, y, rho, steps=steps, step_size=size,
+                                       targets=targets, restarts=1, random_start=True,
+                                       generator=pgd_gen)
+                with torch.no_grad():
+                    put(f"pgd_robust/{targets}/{format_radius(rho)}", model(x_adv).argmax(1) == y)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def soundness_audit(model, X: Tensor, Y: Tensor, radius: Tensor, *, restarts: int, steps: int,
+                    scale: float = AUDIT_SCALE, batch_size: int = 100,
+                    seed: int = EVAL_SEED) -> Dict[str, Any]:
+    """Attack every certified image inside its certificate; a success is a violated certificate.
+
+    Untargeted PGD-l2 (:func:`crc_core.attacks.pgd_l2`, ``restarts`` random starts of ``steps``
+    steps of 2.5 r/steps) at radius ``scale`` × r for each image whose all-classes radius r is
+    positive; a point counts as a violation where the float64 network (the one certified)
+    classifies it otherwise than y. Returns ``{"violations", "images", "pairs", "restarts", "steps", "scale",
+    "violating_indices"}`` (indices into X); ``pairs`` = images × restarts.
+    """
+    keep = torch.nonzero(radius > 0).reshape(-1)
+    model64 = _float64_copy(model)
+    violating: List[int] = []
+    gen = torch.Generator(device=X.device).manual_seed(seed)
+    for sl in _batches(int(keep.numel()), batch_size):
+        rows = keep[sl]
+        x, y = X[rows], Y[rows]
+        rho = (radius[rows] * scale).to(X.dtype)
+        x_adv = attacks.pgd_l2(model, x, y, rho, steps=steps, step_size=float(2.5 * rho.max() / steps),
+                               targets="untargeted", restarts=restarts, random_start=True,
+                               generator=gen)
+        with torch.no_grad():   # the certificate is for the float64 network
+            wrong = model64(x_adv.double()).argmax(1) != y
+        violating.extend(rows[wrong.cpu()].tolist())
+    return {"violations": len(violating), "images": int(keep.numel()),
+            "pairs": int(keep.numel()) * int(restarts), "restarts": int(restarts),
+            "steps": int(steps), "scale": scale, "violating_indices": violating}
+
+
+def curvature_table(model, Y: Tensor, t: Tensor, X: Tensor) -> Dict[str, Any]:
+    """Figure 1's numbers per distinct (label, runner-up) pair of the subset: ``y``, ``t``,
+    ``K_ub`` (Theorem 4), ``K_lb`` (largest exact Hessian eigenvalue seen for the pair), ``m``,
+    ``M`` (the tightest rigorous global bounds); each a list over pairs."""
+    pairs = torch.unique(torch.stack([Y.cpu(), t.cpu()], dim=1), dim=0)
+    device = X.device
+    py, pt = pairs[:, 0].to(device), pairs[:, 1].to(device)
+    K_ub = curvature.theorem4_bound(model, py, pt).double().cpu()
+    m, M = (v.double().cpu() for v in curvature.global_bounds(model, py, pt))
+    emp = curvature.empirical_curvature(model, X, Y, t.to(device))
+    K_lb = emp.table.cpu()[pairs[:, 0], pairs[:, 1]].double()
+    return {"y": pairs[:, 0].tolist(), "t": pairs[:, 1].tolist(), "K_ub": round_up(K_ub),
+            "K_lb": [round(v, _DIGITS) for v in K_lb.tolist()], "m": round_down(m),
+            "M": round_up(M)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The summary
+# ------------------------------------------------------------------------------------------------
+
+def summarize(test: Mapping[str, Sequence], subset: Mapping[str, Sequence],
+              pairs: Optional[Mapping[str, Sequence]] = None,
+              radii: Sequence[float] = EVAL_RADII) -> Dict[str, Any]:
+    """Every metric of the results store, from the per-image tables (tensors or stored lists).
+
+    Rules (``results/README.md``): certified at ρ means radius ≥ ρ (or a baseline's flag at ρ);
+    ``certified_accuracy/…`` counts correct (float32 decision = label) and certified images over
+    the test-set table; ``certified_fraction/…`` counts certified images over the subset (all
+    correctly classified); ``certificate_success`` counts ``tight``; ``robust_fraction_pgd``
+    counts ``pgd_robust``; ``robust_accuracy_pgd`` is that fraction × the clean accuracy.
+    """
+    T = {k: _column(k, vals) for k, vals in test.items()}
+    S = {k: _column(k, vals) for k, vals in subset.items()}
+    correct = T["predicted"] == T["label"]
+    clean = proportion(correct)
+    metrics: Dict[str, Any] = {"clean_accuracy": clean,
+                               "float64_decisions_differ": int((T["predicted64"] != T["predicted"]).sum())}
+    for key, values in T.items():
+        kind, _, rest = key.partition("/")
+        if kind == "radius":
+            metrics[f"mean_certificate_test/{rest}"] = float(values.double().mean())
+            for rho in radii:
+                metrics[f"certified_accuracy/{rest}/{format_radius(rho)}"] = \
+                    proportion(correct & (values >= rho))
+        elif kind == "certified":
+            metrics[f"certified_accuracy/{rest}"] = proportion(correct & values.bool())
+    for key, values in S.items():
+        kind, _, rest = key.partition("/")
+        if kind in ("radius", "paper_radius"):
+            tname, bounds = rest.split("/") if kind == "radius" else (rest, "paper")
+            metrics[f"mean_certificate/{tname}/{bounds}"] = float(values.double().mean())
+            for rho in radii:
+                if f"certified/{tname}/{bounds}/{format_radius(rho)}" in S:
+                    continue   # a direct check at ρ (which counts radius ≥ ρ too) wins
+                metrics[f"certified_fraction/{tname}/{bounds}/{format_radius(rho)}"] = \
+                    proportion(values >= rho)
+        elif kind == "certified":
+            tname, bounds, rk = rest.split("/")
+            flags = values.bool()
+            radius = S.get(f"radius/{tname}/{bounds}")
+            if radius is not None:
+                flags = flags | (radius >= float(rk))
+            metrics[f"certified_fraction/{rest}"] = proportion(flags)
+        elif kind == "tight":
+            metrics[f"certificate_success/{rest}"] = proportion(values)
+        elif kind == "paper_counted":
+            metrics[f"paper_counted_fraction/{rest}"] = proportion(values)
+        elif kind == "attack_tight":
+            metrics[f"attack_success/{rest}"] = proportion(values)
+        elif kind == "pgd_robust":
+            frac = proportion(values)
+            metrics[f"robust_fraction_pgd/{rest}"] = frac
+            metrics[f"robust_accuracy_pgd/{rest}"] = times_clean(frac, clean)
+    for key in ("K_ub", "K_lb", "M_global", "m_global", "K_pairs"):
+        metrics[key] = None
+    if pairs is not None:
+        for key, col in (("K_ub", "K_ub"), ("K_lb", "K_lb"), ("M_global", "M"), ("m_global", "m")):
+            metrics[key] = float(torch.as_tensor(pairs[col], dtype=torch.float64).mean())
+        metrics["K_pairs"] = len(pairs["y"])
+    return metrics
+
+
+def _column(key: str, values) -> Tensor:
+    """A stored column as a tensor: radii in float64 (None → NaN; never float32, where 1.58 is
+    not 1.58), the rest as they are."""
+    if key.startswith(("radius/", "paper_radius/")):
+        if isinstance(values, Tensor):
+            return values.to(torch.float64)
+        return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+    return torch.as_tensor(values)
+
+
+def _stored(table: Mapping[str, Tensor]) -> Dict[str, list]:
+    """A table's columns as JSON lists: radii rounded down, bools and ints as such."""
+    out: Dict[str, list] = {}
+    for key, values in table.items():
+        if values.dtype == torch.bool:
+            out[key] = [bool(v) for v in values.tolist()]
+        elif values.is_floating_point():
+            out[key] = round_down(values)
+        else:
+            out[key] = [int(v) for v in values.tolist()]
+    return out
+
+
+def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, tables: Sequence[str] = (),
+             progress: bool = True, device: str | torch.device = "cpu",
+             crown_mode: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate a trained network: the two per-image tables, the audit, the metrics.
+
+    Args:
+        model: the trained :class:`crc_core.MLP` (the last epoch's weights; moved to ``device``).
+        spec: its training spec (data set, method).
+        preset: the evaluation budget (subset size, batch sizes, PGD steps, audit).
+        tables: the tables the run serves (Table 5's smooth nets get CROWN radii).
+        progress: tqdm bars.
+        device: where to evaluate.
+        crown_mode: one of :data:`CROWN_MODES`; None: :func:`default_crown_mode`.
+
+    Returns:
+        ``{"evaluation": settings, "metrics": ..., "per_test_image": ..., "per_image": ...,
+        "curvature_pairs": ... or None, "audit": ... or None}``, JSON-serializable, keys
+        documented in ``results/README.md``; per-image radii rounded down to 1e-5, and the
+        metrics computed from those stored columns (so a file's metrics always equal what its
+        per-image arrays give).
+    """
+    preset = get_preset(preset)
+    if crown_mode is None:
+        crown_mode = default_crown_mode(spec, tables)
+    if crown_mode not in CROWN_MODES:
+        raise ValueError(f"crown_mode={crown_mode!r} is invalid: expected None or one of {list(CROWN_MODES)}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    smooth = model.activation.has_curvature
+    seconds: Dict[str, float] = {}
+
+    start = time.perf_counter()
+    bounds = curvature.all_pair_bounds(model) if smooth else None
+    seconds["bounds"] = time.perf_counter() - start
+
+    Xt, Yt = data.load(spec.dataset, "test")
+    n_test = Xt.shape[0] if preset.test_n is None else min(preset.test_n, Xt.shape[0])
+    Xt, Yt = Xt[:n_test].to(device), Yt[:n_test].to(device)
+    start = time.perf_counter()
+    test = test_set_table(model, spec, Xt, Yt, preset, bounds=bounds, crown_mode=crown_mode,
+                          progress=progress)
+    seconds["test_set"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    idx = data.evaluation_subset(model, Xt, Yt, preset.eval_n, seed=EVAL_SEED).to(device)
+    X, Y = Xt[idx], Yt[idx]
+    subset = subset_table(model, spec, X, Y, preset, bounds=bounds, crown_mode=crown_mode,
+                          progress=progress)
+    seconds["subset"] = time.perf_counter() - start
+
+    pairs = audit = None
+    if smooth:
+        start = time.perf_counter()
+        pairs = curvature_table(model, Y, subset["runner_up"].to(device), X)
+        seconds["curvature"] = time.perf_counter() - start
+        start = time.perf_counter()
+        audit = soundness_audit(model, X, Y, subset["radius/all-classes/global"].to(device),
+                                restarts=preset.audit_restarts, steps=preset.audit_steps)
+        audit["violating_indices"] = [int(idx[i]) for i in audit["violating_indices"]]
+        seconds["audit"] = time.perf_counter() - start
+
+    per_test = _stored(test)
+    per_image = {"index": [int(i) for i in idx.tolist()], **_stored(subset)}
+    settings = {
+        "n_test": int(n_test), "n_subset": int(X.shape[0]), "subset_seed": EVAL_SEED,
+        "radii": list(EVAL_RADII), "local_bounds": bool(smooth and model.num_layers == 2),
+        "pgd": {format_radius(r): dict(zip(("steps", "step_size"), preset.pgd_eval(r)))
+                for r in EVAL_RADII},
+        "pgd_restarts": 1, "crown_mode": crown_mode,
+        "test_set_certificates": sorted({k.split("/")[2] for k in test if k.count("/") >= 2}),
+        "subset_certificates": sorted({k.split("/")[2] for k in subset if k.count("/") >= 2
+                                       and k.startswith(("radius/", "certified/"))}),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+    return {"evaluation": settings,
+            "metrics": summarize(per_test, per_image, pairs),
+            "per_test_image": per_test, "per_image": per_image,
+            "curvature_pairs": pairs, "audit": audit}

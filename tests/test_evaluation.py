@@ -1,0 +1,190 @@
+"""Tests of crc_core.evaluation: the per-image tables, the summary's arithmetic (recomputed here
+independently from the stored per-image arrays, on a smoke run and on every committed results
+file), sound rounding, the soundness audit, and ReLU nets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from crc_core import MLP, evaluation, store
+from crc_core.runs import EVAL_RADII, PRESETS
+from crc_core.training import TrainSpec
+
+SMOOTH_RUN = "mnist-sigmoid-2x1024-crt-g0.01-r1.58"      # 2 layers, Table 5: local bounds, CROWN
+BASELINE_RUN = "mnist-relu-2x1024-crown-ibp-r1.58"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    out = {}
+    for name in (SMOOTH_RUN, BASELINE_RUN):
+        out[name] = store.run_experiment(name, "smoke", results_dir=root / "results",
+                                         runs_dir=root / "runs", progress=False)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The arithmetic, recomputed independently
+# ------------------------------------------------------------------------------------------------
+
+def _count(flags):
+    return sum(bool(f) for f in flags), len(flags)
+
+
+def _expected_proportions(result):
+    """Every proportion of a results file, counted here from its per-image arrays."""
+    test, sub = result["per_test_image"], result["per_image"]
+    correct = [p == l for p, l in zip(test["predicted"], test["label"])]
+    out = {"clean_accuracy": _count(correct)}
+    for key, col in test.items():
+        kind, _, rest = key.partition("/")
+        if kind == "radius":
+            for rho in EVAL_RADII:
+                out[f"certified_accuracy/{rest}/{rho:g}"] = _count(
+                    [c and r is not None and r >= rho for c, r in zip(correct, col)])
+        elif kind == "certified":
+            out[f"certified_accuracy/{rest}"] = _count([c and f for c, f in zip(correct, col)])
+    for key, col in sub.items():
+        kind, _, rest = key.partition("/")
+        if kind == "radius" or kind == "paper_radius":
+            tname, bounds = rest.split("/") if kind == "radius" else (rest, "paper")
+            for rho in EVAL_RADII:
+                flags = [r is not None and r >= rho for r in col]
+                direct = sub.get(f"certified/{tname}/{bounds}/{rho:g}")
+                if direct is not None:
+                    flags = [a or b for a, b in zip(flags, direct)]
+                out[f"certified_fraction/{tname}/{bounds}/{rho:g}"] = _count(flags)
+        elif kind == "certified":
+            tname, bounds, rk = rest.split("/")
+            if f"radius/{tname}/{bounds}" not in sub:
+                out[f"certified_fraction/{rest}"] = _count(col)
+        elif kind == "tight":
+            out[f"certificate_success/{rest}"] = _count(col)
+        elif kind == "paper_counted":
+            out[f"paper_counted_fraction/{rest}"] = _count(col)
+        elif kind == "attack_tight":
+            out[f"attack_success/{rest}"] = _count(col)
+        elif kind == "pgd_robust":
+            out[f"robust_fraction_pgd/{rest}"] = _count(col)
+    return out
+
+
+def _check_arithmetic(result):
+    metrics = result["metrics"]
+    expected = _expected_proportions(result)
+    stored = {k: v for k, v in metrics.items() if isinstance(v, dict) and v.get("count") is not None}
+    assert set(stored) == set(expected), set(stored) ^ set(expected)
+    for key, (k, n) in expected.items():
+        entry = stored[key]
+        assert (entry["count"], entry["n"]) == (k, n), key
+        assert entry["value"] == k / n, key
+        lo, hi = entry["ci95"]
+        assert lo <= entry["value"] <= hi, key
+    clean = metrics["clean_accuracy"]["value"]
+    for key, entry in metrics.items():
+        if key.startswith("robust_accuracy_pgd/"):
+            frac = metrics[key.replace("robust_accuracy_pgd", "robust_fraction_pgd")]["value"]
+            assert entry["value"] == pytest.approx(frac * clean, rel=1e-12), key
+            assert entry["count"] is None
+    test = result["per_test_image"]
+    assert metrics["float64_decisions_differ"] == sum(
+        a != b for a, b in zip(test["predicted"], test["predicted64"]))
+    for key, col in result["per_image"].items():
+        if key.startswith("radius/"):
+            name = "mean_certificate/" + key.split("/", 1)[1]
+            assert metrics[name] == pytest.approx(sum(col) / len(col), rel=1e-12), name
+
+
+def test_every_proportion_equals_what_the_per_image_arrays_give(smoke_results):
+    for result in smoke_results.values():
+        _check_arithmetic(result)
+    smooth = smoke_results[SMOOTH_RUN]["metrics"]
+    assert "certified_accuracy/all-classes/global/1.58" in smooth
+    assert "certified_fraction/runner-up/local/0.5" in smooth
+    assert "certified_accuracy/all-classes/crown/1.58" in smoke_results[BASELINE_RUN]["metrics"]
+
+
+def test_committed_results_files_are_consistent():
+    files = sorted((REPO / "results").glob("*/*.json"))
+    for path in files:
+        result = json.loads(path.read_text())
+        assert result["schema"] == store.RESULTS_SCHEMA, path
+        _check_arithmetic(result)
+        audit = result["audit"]
+        if audit is not None:
+            assert audit["violations"] == 0, path
+
+
+def test_summary_counts_radius_at_least_rho():
+    test = {"label": [0, 1, 2, 3], "predicted": [0, 1, 2, 0], "predicted64": [0, 1, 2, 0],
+            "radius/all-classes/global": [1.58, 1.57999, 2.0, 0.0]}
+    sub = {"label": [0, 1], "runner_up": [1, 0], "radius/runner-up/global": [1.58, 0.4],
+           "tight/runner-up/global": [True, False]}
+    m = evaluation.summarize(test, sub)
+    assert m["clean_accuracy"]["count"] == 3
+    assert m["certified_accuracy/all-classes/global/1.58"]["count"] == 2     # 1.58 and 2.0
+    assert m["certified_accuracy/all-classes/global/0.5"]["count"] == 3
+    assert m["certified_fraction/runner-up/global/1.58"]["count"] == 1
+    assert m["certificate_success/runner-up/global"]["count"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Rounding, the audit, ReLU nets
+# ------------------------------------------------------------------------------------------------
+
+def test_radii_are_rounded_down_and_upper_bounds_up():
+    values = torch.tensor([1.579999999, 1.58000001, 0.123456789, 2.0, float("nan")], dtype=torch.float64)
+    down = evaluation.round_down(values)
+    up = evaluation.round_up(values)
+    assert down[:4] == [1.57999, 1.58, 0.12345, 2.0] and down[4] is None
+    assert up[:4] == [1.58, 1.58001, 0.12346, 2.0]
+    for v, d, u in zip(values[:4].tolist(), down, up):
+        assert d <= v <= u
+
+
+def test_stored_radii_never_exceed_the_computed_ones(smoke_results):
+    result = smoke_results[SMOOTH_RUN]
+    for key, col in result["per_image"].items():
+        if key.startswith("radius/"):
+            assert all(r == math.floor(r * 1e5 + 1e-6) / 1e5 for r in col), key
+
+
+def test_the_audit_finds_violations_of_a_false_certificate():
+    torch.manual_seed(0)
+    model = MLP([784, 32, 10], "softplus")
+    X = torch.rand(8, 784)
+    Y = model(X).argmax(1)
+    false_radius = torch.full((8,), 20.0, dtype=torch.float64)   # far beyond the boundary
+    out = evaluation.soundness_audit(model, X, Y, false_radius, restarts=2, steps=20)
+    assert out["images"] == 8 and out["pairs"] == 16
+    assert out["violations"] > 0 and len(out["violating_indices"]) == out["violations"]
+    none = evaluation.soundness_audit(model, X, Y, torch.zeros(8, dtype=torch.float64),
+                                      restarts=2, steps=20)
+    assert none["images"] == 0 and none["violations"] == 0
+
+
+def test_smoke_audit_is_clean(smoke_results):
+    audit = smoke_results[SMOOTH_RUN]["audit"]
+    assert audit["violations"] == 0 and audit["images"] > 0
+    assert audit["pairs"] == audit["images"] * PRESETS["smoke"].audit_restarts
+    assert smoke_results[BASELINE_RUN]["audit"] is None
+
+
+def test_relu_net_evaluation_skips_curvature():
+    torch.manual_seed(0)
+    model = MLP([784, 16, 10], "relu")
+    spec = TrainSpec(widths=(784, 16, 10), activation="relu", method="standard", epochs=1)
+    out = evaluation.evaluate(model, spec, PRESETS["smoke"], progress=False)
+    m = out["metrics"]
+    assert m["K_ub"] is None and m["K_lb"] is None and out["audit"] is None
+    assert not any(key.startswith(("certified_", "attack_success", "certificate_success"))
+                   for key in m)
+    assert "robust_fraction_pgd/runner-up/0.5" in m
+    with pytest.raises(ValueError, match="crown_mode"):
+        evaluation.evaluate(model, spec, PRESETS["smoke"], progress=False, crown_mode="fast")
