@@ -587,7 +587,7 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
         optimizer.load_state_dict(ckpt["optimizer"])
         data_gen.set_state(ckpt["data_rng"].cpu())
         _set_rng_state({k: v.cpu() for k, v in ckpt["rng"].items()}, device)
-        _restore_solver_state(model, ckpt.get("solver_state", {}), device)
+        estimator.load_state_dict(ckpt.get("solver_state", {}), device=device)
         history = list(ckpt["history"])
         best = dict(ckpt["best"])
         start_epoch = int(ckpt["epoch"])
@@ -606,7 +606,7 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             perm = torch.randperm(n, generator=data_gen).to(device)
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "K": 0.0, "K_batches": 0}
             bar = tqdm(range(steps_per_epoch), desc=f"{spec.method} epoch {epoch + 1}/{spec.epochs}",
@@ -635,12 +635,13 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
             model.eval()
             test_acc = accuracy(model, Xt, Yt)
             seconds = time.perf_counter() - t0
+            cpu_seconds = time.process_time() - cpu0
             row = {
                 "epoch": epoch + 1, "lr": lr,
                 "loss": sums["loss"] / sums["seen"],
                 "train_accuracy": sums["correct"] / sums["seen"],
                 "mean_K": sums["K"] / sums["K_batches"] if sums["K_batches"] else None,
-                "test_accuracy": test_acc, "seconds": seconds,
+                "test_accuracy": test_acc, "seconds": seconds, "cpu_seconds": cpu_seconds,
             }
             history.append(row)
             if progress:
