@@ -50,7 +50,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -67,7 +67,7 @@ __all__ = [
     "Source", "DirectorySource", "HTTPMirrorSource", "PipWheelMNISTSource",
     "DebianPackageSource", "mnist_pickle_to_idx",
     "data_dir", "dataset_dir", "default_sources", "fetch", "verify", "load", "clear_cache",
-    "evaluation_subset", "main",
+    "main",
 ]
 
 DATASETS: Tuple[str, ...] = ("mnist", "fashion-mnist")
@@ -414,82 +414,6 @@ def load(name: str, split: str = "train", root: Optional[os.PathLike] = None,
             raise DataUnavailableError(
                 f"{key} {split} files in {directory} changed while loading") from e
     return pixels.to(torch.float32).div_(255.0), labels.to(torch.int64)
-
-
-# --------------------------------------------------------------------------------------
-# The paper's evaluation subset
-# --------------------------------------------------------------------------------------
-
-def evaluation_subset(model: Callable[[Tensor], Tensor], X: Tensor, Y: Tensor, n: int,
-                      seed: int, batch_size: int = 1000) -> Tensor:
-    """n randomly chosen, correctly classified images: the paper's evaluation subset.
-
-    A permutation of ``range(N)`` is drawn with ``torch.randperm`` from
-    ``torch.Generator().manual_seed(seed)``; the model is evaluated along it (in batches,
-    under ``torch.no_grad()``, in eval mode, on the device and dtype of its first floating
-    parameter) and the first ``n`` indices whose predicted class (argmax of the logits)
-    equals the label are returned. The result depends only on (N, seed, model, data), not
-    on ``batch_size``, and ``evaluation_subset(…, n)`` is a prefix of
-    ``evaluation_subset(…, n + k)``.
-
-    Args:
-        model: callable (usually an ``nn.Module``) mapping (B, 784) inputs to (B, C) logits.
-            If it is a module, it is put in eval mode during the call and its previous
-            mode is restored afterwards.
-        X: inputs, float of shape (N, 784).
-        Y: labels, integer of shape (N,).
-        n: number of indices wanted, 1 ≤ n ≤ number of correctly classified images.
-        seed: seed of the permutation.
-        batch_size: images per forward pass.
-
-    Returns:
-        int64 tensor of shape (n,), distinct indices into X, **in permutation order**
-        (not sorted).
-
-    Raises:
-        ValueError: n <= 0, mismatched shapes, or fewer than n correctly classified images.
-    """
-    n = int(n)
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    N = X.shape[0]
-    if Y.shape != (N,):
-        raise ValueError(f"Y must have shape ({N},), got {tuple(Y.shape)}")
-    if n > N:
-        raise ValueError(f"n={n} exceeds the number of images N={N}")
-
-    device, dtype = X.device, X.dtype if X.is_floating_point() else torch.float32
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            if p.is_floating_point():
-                device, dtype = p.device, p.dtype
-                break
-
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
-    labels = Y.detach().to("cpu", torch.int64)
-    chosen: List[Tensor] = []
-    count = 0
-    was_training = getattr(model, "training", None)
-    if was_training:
-        model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, N, batch_size):
-                idx = perm[start:start + batch_size]
-                logits = model(X[idx.to(X.device)].to(device=device, dtype=dtype))
-                pred = logits.argmax(dim=1).to("cpu")
-                ok = idx[pred == labels[idx]]
-                chosen.append(ok)
-                count += ok.numel()
-                if count >= n:
-                    break
-    finally:
-        if was_training:
-            model.train(True)
-    if count < n:
-        raise ValueError(f"only {count} of {N} images are correctly classified; n={n} requested")
-    return torch.cat(chosen)[:n].to(torch.int64)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The evaluation of a trained network: per-image tables, then the metrics they give.
+"""The evaluation of a trained network: per-image tables, the audit, and their metrics.
 
 Two tables, one row per image (columns of equal length, as ``locuslab/smoothing`` stores one row
 per certified example), then one summary step (:func:`summarize`) that turns them into every
@@ -11,7 +11,7 @@ metric of the results store (``results/README.md``):
   Certified accuracy = the fraction of *all* test images that are correctly classified and
   certified at ρ: the headline metric, the one later deterministic defenses report;
 - the **subset table** (:func:`subset_table`): ``preset.eval_n`` randomly chosen correctly
-  classified test images (:func:`crc_core.data.evaluation_subset`; the paper used 150): the
+  classified test images (:func:`evaluation_subset`; the paper used 150): the
   paper's metric (certified fraction of the subset), certificate and attack success (Table 2),
   the authors' residual rule, local bounds (two-layer nets), PGD-l2 and the CRC attack;
 - the **soundness audit** (:func:`soundness_audit`): untargeted PGD with restarts against every
@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from . import attacks, curvature, data, duality
 from .attacks import runner_up
+from .metrics import (DIGITS, proportion, round_down, round_up, summarize, times_clean,
+                      wilson_interval)
 from .runs import EVAL_RADII, EVAL_SEED, Preset, format_radius, get_preset
 from .training import BASELINE_METHODS, TrainSpec
 
 Tensor = torch.Tensor
 
-__all__ = ["CROWN_MODES", "AUDIT_SCALE", "wilson_interval", "proportion", "times_clean",
+__all__ = ["CROWN_MODES", "evaluation_subset", "AUDIT_SCALE", "wilson_interval", "proportion", "times_clean",
            "default_crown_mode", "test_set_table", "subset_table", "soundness_audit",
            "curvature_table", "summarize", "evaluate", "round_down", "round_up"]
 
@@ -46,78 +48,84 @@ __all__ = ["CROWN_MODES", "AUDIT_SCALE", "wilson_interval", "proportion", "times
 CROWN_MODES = ("none", "at-radii", "radius")
 #: The soundness audit attacks at this fraction of each certified radius.
 AUDIT_SCALE = 0.999
-_DIGITS = 5
-
-
-# ------------------------------------------------------------------------------------------------
-# Proportions
-# ------------------------------------------------------------------------------------------------
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
-    """The 95% Wilson score interval of k successes in n trials ((nan, nan) for n = 0)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Exact at the ends (k = 0 or n), where rounding would leave the point estimate outside.
-    return (0.0 if k == 0 else max(0.0, min(p, centre - half)),
-            1.0 if k == n else min(1.0, max(p, centre + half)))
-
-
-def proportion(flags) -> Dict[str, Any]:
-    """A binomial proportion of a bool sequence: ``{"value", "count", "n", "se", "ci95"}``."""
-    flags = torch.as_tensor(flags).reshape(-1).bool()
-    n = int(flags.numel())
-    k = int(flags.sum())
-    p = k / n if n else float("nan")
-    lo, hi = wilson_interval(k, n)
-    return {"value": p, "count": k, "n": n,
-            "se": math.sqrt(p * (1 - p) / n) if n else float("nan"), "ci95": [lo, hi]}
-
-
-def times_clean(frac: Mapping[str, Any], clean: Mapping[str, Any]) -> Dict[str, Any]:
-    """P(correct and robust) ≈ (subset fraction) × (clean accuracy), for what is measured on the
-    subset only (PGD). Delta-method standard error (both factors); the 95% interval is the subset
-    fraction's Wilson interval times the clean accuracy. ``count`` is None."""
-    f, c = frac["value"], clean["value"]
-    se = math.sqrt((c * frac["se"]) ** 2 + (f * clean["se"]) ** 2)
-    lo, hi = frac["ci95"]
-    return {"value": f * c, "count": None, "n": frac["n"], "se": se, "ci95": [lo * c, hi * c]}
-
-
-def round_down(values, digits: int = _DIGITS) -> List[Optional[float]]:
-    """Floats rounded toward −∞ to ``digits`` decimals (None for NaN / inf): for radii and lower
-    bounds, so that a stored value never exceeds the computed one."""
-    return _rounded(values, digits, math.floor)
-
-
-def round_up(values, digits: int = _DIGITS) -> List[Optional[float]]:
-    """Floats rounded toward +∞ to ``digits`` decimals (None for NaN / inf): for upper bounds."""
-    return _rounded(values, digits, math.ceil)
-
-
-def _rounded(values, digits: int, direction) -> List[Optional[float]]:
-    scale = 10 ** digits
-    out: List[Optional[float]] = []
-    for v in torch.as_tensor(values).detach().double().cpu().reshape(-1).tolist():
-        if not math.isfinite(v):
-            out.append(None)
-            continue
-        r = direction(v * scale) / scale
-        # v * scale and the division round: step once more if that crossed v.
-        if direction is math.floor and r > v:
-            r = (math.floor(v * scale) - 1) / scale
-        elif direction is math.ceil and r < v:
-            r = (math.ceil(v * scale) + 1) / scale
-        out.append(r)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
 # The tables
 # ------------------------------------------------------------------------------------------------
+
+def evaluation_subset(model: Callable[[Tensor], Tensor], X: Tensor, Y: Tensor, n: int,
+                      seed: int, batch_size: int = 1000) -> Tensor:
+    """n randomly chosen, correctly classified images: the paper's evaluation subset.
+
+    A permutation of ``range(N)`` is drawn with ``torch.randperm`` from
+    ``torch.Generator().manual_seed(seed)``; the model is evaluated along it (in batches,
+    under ``torch.no_grad()``, in eval mode, on the device and dtype of its first floating
+    parameter) and the first ``n`` indices whose predicted class (argmax of the logits)
+    equals the label are returned. The result depends only on (N, seed, model, data), not
+    on ``batch_size``, and ``evaluation_subset(…, n)`` is a prefix of
+    ``evaluation_subset(…, n + k)``.
+
+    Args:
+        model: callable (usually an ``nn.Module``) mapping (B, 784) inputs to (B, C) logits.
+            If it is a module, it is put in eval mode during the call and its previous
+            mode is restored afterwards.
+        X: inputs, float of shape (N, 784).
+        Y: labels, integer of shape (N,).
+        n: number of indices wanted, 1 ≤ n ≤ number of correctly classified images.
+        seed: seed of the permutation.
+        batch_size: images per forward pass.
+
+    Returns:
+        int64 tensor of shape (n,), distinct indices into X, **in permutation order**
+        (not sorted).
+
+    Raises:
+        ValueError: n <= 0, mismatched shapes, or fewer than n correctly classified images.
+    """
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    N = X.shape[0]
+    if Y.shape != (N,):
+        raise ValueError(f"Y must have shape ({N},), got {tuple(Y.shape)}")
+    if n > N:
+        raise ValueError(f"n={n} exceeds the number of images N={N}")
+
+    device, dtype = X.device, X.dtype if X.is_floating_point() else torch.float32
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.is_floating_point():
+                device, dtype = p.device, p.dtype
+                break
+
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
+    labels = Y.detach().to("cpu", torch.int64)
+    chosen: List[Tensor] = []
+    count = 0
+    was_training = getattr(model, "training", None)
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, N, batch_size):
+                idx = perm[start:start + batch_size]
+                logits = model(X[idx.to(X.device)].to(device=device, dtype=dtype))
+                pred = logits.argmax(dim=1).to("cpu")
+                ok = idx[pred == labels[idx]]
+                chosen.append(ok)
+                count += ok.numel()
+                if count >= n:
+                    break
+    finally:
+        if was_training:
+            model.train(True)
+    if count < n:
+        raise ValueError(f"only {count} of {N} images are correctly classified; n={n} requested")
+    return torch.cat(chosen)[:n].to(torch.int64)
+
+
 
 def default_crown_mode(spec: TrainSpec, tables: Sequence[str] = ()) -> str:
     """``"radius"`` for the smooth nets of Table 5 (CROWN's mean certificate), ``"at-radii"`` for
@@ -344,84 +352,8 @@ def curvature_table(model, Y: Tensor, t: Tensor, X: Tensor) -> Dict[str, Any]:
     emp = curvature.empirical_curvature(model, X, Y, t.to(device))
     K_lb = emp.table.cpu()[pairs[:, 0], pairs[:, 1]].double()
     return {"y": pairs[:, 0].tolist(), "t": pairs[:, 1].tolist(), "K_ub": round_up(K_ub),
-            "K_lb": [round(v, _DIGITS) for v in K_lb.tolist()], "m": round_down(m),
+            "K_lb": [round(v, DIGITS) for v in K_lb.tolist()], "m": round_down(m),
             "M": round_up(M)}
-
-
-# ------------------------------------------------------------------------------------------------
-# The summary
-# ------------------------------------------------------------------------------------------------
-
-def summarize(test: Mapping[str, Sequence], subset: Mapping[str, Sequence],
-              pairs: Optional[Mapping[str, Sequence]] = None,
-              radii: Sequence[float] = EVAL_RADII) -> Dict[str, Any]:
-    """Every metric of the results store, from the per-image tables (tensors or stored lists).
-
-    Rules (``results/README.md``): certified at ρ means radius ≥ ρ (or a baseline's flag at ρ);
-    ``certified_accuracy/…`` counts correct (float32 decision = label) and certified images over
-    the test-set table; ``certified_fraction/…`` counts certified images over the subset (all
-    correctly classified); ``certificate_success`` counts ``tight``; ``robust_fraction_pgd``
-    counts ``pgd_robust``; ``robust_accuracy_pgd`` is that fraction × the clean accuracy.
-    """
-    T = {k: _column(k, vals) for k, vals in test.items()}
-    S = {k: _column(k, vals) for k, vals in subset.items()}
-    correct = T["predicted"] == T["label"]
-    clean = proportion(correct)
-    metrics: Dict[str, Any] = {"clean_accuracy": clean,
-                               "float64_decisions_differ": int((T["predicted64"] != T["predicted"]).sum())}
-    for key, values in T.items():
-        kind, _, rest = key.partition("/")
-        if kind == "radius":
-            metrics[f"mean_certificate_test/{rest}"] = float(values.double().mean())
-            for rho in radii:
-                metrics[f"certified_accuracy/{rest}/{format_radius(rho)}"] = \
-                    proportion(correct & (values >= rho))
-        elif kind == "certified":
-            metrics[f"certified_accuracy/{rest}"] = proportion(correct & values.bool())
-    for key, values in S.items():
-        kind, _, rest = key.partition("/")
-        if kind in ("radius", "paper_radius"):
-            tname, bounds = rest.split("/") if kind == "radius" else (rest, "paper")
-            metrics[f"mean_certificate/{tname}/{bounds}"] = float(values.double().mean())
-            for rho in radii:
-                if f"certified/{tname}/{bounds}/{format_radius(rho)}" in S:
-                    continue   # a direct check at ρ (which counts radius ≥ ρ too) wins
-                metrics[f"certified_fraction/{tname}/{bounds}/{format_radius(rho)}"] = \
-                    proportion(values >= rho)
-        elif kind == "certified":
-            tname, bounds, rk = rest.split("/")
-            flags = values.bool()
-            radius = S.get(f"radius/{tname}/{bounds}")
-            if radius is not None:
-                flags = flags | (radius >= float(rk))
-            metrics[f"certified_fraction/{rest}"] = proportion(flags)
-        elif kind == "tight":
-            metrics[f"certificate_success/{rest}"] = proportion(values)
-        elif kind == "paper_counted":
-            metrics[f"paper_counted_fraction/{rest}"] = proportion(values)
-        elif kind == "attack_tight":
-            metrics[f"attack_success/{rest}"] = proportion(values)
-        elif kind == "pgd_robust":
-            frac = proportion(values)
-            metrics[f"robust_fraction_pgd/{rest}"] = frac
-            metrics[f"robust_accuracy_pgd/{rest}"] = times_clean(frac, clean)
-    for key in ("K_ub", "K_lb", "M_global", "m_global", "K_pairs"):
-        metrics[key] = None
-    if pairs is not None:
-        for key, col in (("K_ub", "K_ub"), ("K_lb", "K_lb"), ("M_global", "M"), ("m_global", "m")):
-            metrics[key] = float(torch.as_tensor(pairs[col], dtype=torch.float64).mean())
-        metrics["K_pairs"] = len(pairs["y"])
-    return metrics
-
-
-def _column(key: str, values) -> Tensor:
-    """A stored column as a tensor: radii in float64 (None → NaN; never float32, where 1.58 is
-    not 1.58), the rest as they are."""
-    if key.startswith(("radius/", "paper_radius/")):
-        if isinstance(values, Tensor):
-            return values.to(torch.float64)
-        return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
-    return torch.as_tensor(values)
 
 
 def _stored(table: Mapping[str, Tensor]) -> Dict[str, list]:
@@ -481,7 +413,7 @@ def evaluate(model, spec: TrainSpec, preset: str | Preset = "cpu", *, tables: Se
     seconds["test_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    idx = data.evaluation_subset(model, Xt, Yt, preset.eval_n, seed=EVAL_SEED).to(device)
+    idx = evaluation_subset(model, Xt, Yt, preset.eval_n, seed=EVAL_SEED).to(device)
     X, Y = Xt[idx], Yt[idx]
     subset = subset_table(model, spec, X, Y, preset, bounds=bounds, crown_mode=crown_mode,
                           progress=progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from crc_core import MLP, evaluation, store
 from crc_core.runs import EVAL_RADII, PRESETS
@@ -188,3 +189,76 @@ def test_relu_net_evaluation_skips_curvature():
     assert "robust_fraction_pgd/runner-up/0.5" in m
     with pytest.raises(ValueError, match="crown_mode"):
         evaluation.evaluate(model, spec, PRESETS["smoke"], progress=False, crown_mode="fast")
+
+
+# --------------------------------------------------------------------------------------
+# evaluation_subset
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy():
+    gen = torch.Generator().manual_seed(123)
+    model = nn.Linear(784, 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(10, 784, generator=gen))
+        model.bias.zero_()
+    X = torch.rand(3000, 784, generator=gen)
+    with torch.no_grad():
+        Y = model(X).argmax(1)
+    wrong = torch.rand(3000, generator=gen) < 0.5  # about half misclassified
+    Y = torch.where(wrong, (Y + 1) % 10, Y)
+    return model, X, Y
+
+
+def test_evaluation_subset_correct_and_deterministic(toy):
+    model, X, Y = toy
+    idx = evaluation.evaluation_subset(model, X, Y, 500, seed=0)
+    assert idx.dtype == torch.int64 and idx.shape == (500,)
+    assert len(set(idx.tolist())) == 500
+    with torch.no_grad():
+        assert torch.equal(model(X[idx]).argmax(1), Y[idx])
+    assert torch.equal(idx, evaluation.evaluation_subset(model, X, Y, 500, seed=0))
+    assert torch.equal(idx, evaluation.evaluation_subset(model, X, Y, 500, seed=0, batch_size=97))
+    other = evaluation.evaluation_subset(model, X, Y, 500, seed=1)
+    assert not torch.equal(idx.sort().values, other.sort().values)
+
+
+def test_evaluation_subset_is_permutation_prefix(toy):
+    model, X, Y = toy
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        correct = model(X).argmax(1) == Y
+    expected = perm[correct[perm]][:300]
+    assert torch.equal(evaluation.evaluation_subset(model, X, Y, 300, seed=5), expected)
+    assert torch.equal(evaluation.evaluation_subset(model, X, Y, 100, seed=5), expected[:100])
+
+
+def test_evaluation_subset_errors_and_mode(toy):
+    model, X, Y = toy
+    n_correct = int((model(X).argmax(1) == Y).sum())
+    assert len(evaluation.evaluation_subset(model, X, Y, n_correct, seed=0)) == n_correct
+    with pytest.raises(ValueError, match="correctly classified"):
+        evaluation.evaluation_subset(model, X, Y, n_correct + 1, seed=0)
+    for n in (0, -3):
+        with pytest.raises(ValueError):
+            evaluation.evaluation_subset(model, X, Y, n, seed=0)
+    model.train()
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    try:
+        evaluation.evaluation_subset(model, X, Y, 10, seed=0)
+        still_training = model.training
+    finally:
+        handle.remove()
+        model.eval()
+    assert seen and not any(seen) and still_training
+
+
+def test_evaluation_subset_uses_model_dtype(toy):
+    model, X, Y = toy
+    model64 = nn.Linear(784, 10).double()
+    with torch.no_grad():
+        model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    idx = evaluation.evaluation_subset(model64, X, Y, 200, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model64(X[idx].double()).argmax(1), Y[idx])
