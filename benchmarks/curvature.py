@@ -2,13 +2,14 @@
 
 Run: ``.venv/bin/python benchmarks/curvature.py`` (about 1–3 minutes on 2 CPU cores).
 
-1. ``all_pair_bounds`` (rigorous, all 90 pairs) for 2×1024 and 3×1024 nets: first call and
-   cached call.
+1. ``all_pair_bounds`` (rigorous, all 90 pairs) for 2×1024 and 3×1024 nets (nothing is cached:
+   a caller computes these tables once per model and passes them on).
 2. A γ-regularized training step (cross-entropy + γ·mean K, ``curvature_penalty``) against a
    plain step: 2×1024 softplus, batch 128, Adam, same process, interleaved; the ratio (goal ≤ 1.5).
-3. The estimate mode ``global_bounds(..., exact=False)`` for a batch of 128, called once per
-   Adam step of a γ-regularized run from a fresh init: cold (first call) and warm (early steps,
-   where the weights move fast, and steps 41-50).
+3. The training-time estimate (``CurvatureEstimator.bounds``, one estimator held across steps as
+   ``training.train`` does) for a batch of 128, called once per Adam step of a γ-regularized run
+   from a fresh init: cold (first call) and warm (early steps, where the weights move fast, and
+   steps 41-50).
 4. ``local_bounds`` for a 2×1024 sigmoid net: seconds per image.
 """
 from __future__ import annotations
@@ -49,14 +50,12 @@ def bench_all_pairs():
         torch.manual_seed(0)
         model = MLP(widths, act)
         (m, M), t_first = _timed(lambda: curvature.all_pair_bounds(model))
-        _, t_cached = _timed(lambda: curvature.all_pair_bounds(model))
         L = len(widths) - 1
         extra = ""
         if L >= 3:
             K = curvature.all_pair_bounds(model, "theorem4")[1]
             extra = f", mean M/K = {float((M / K).nanmean()):.3f}"
-        print(f"  L={L} {act:8s} {widths}: first call {t_first[0]:6.2f} s, "
-              f"cached {t_cached[0] * 1e3:6.1f} ms; "
+        print(f"  L={L} {act:8s} {widths}: {t_first[0]:6.2f} s; "
               f"mean M = {float(M.nanmean()):.4g}, mean m = {float(m.nanmean()):.4g}{extra}")
 
 
@@ -100,8 +99,8 @@ def bench_training_step(steps=25, batch=128, gamma=0.01):
 
 
 def bench_estimate(batch=128, steps=50):
-    print(f"\n[3] estimate mode global_bounds(exact=False), batch {batch}, called once per Adam "
-          "training step (warm start)")
+    print(f"\n[3] training-time estimate CurvatureEstimator.bounds, batch {batch}, called once per "
+          "Adam training step (warm start)")
     for widths in ([784, 1024, 10], [784, 1024, 1024, 10]):
         torch.manual_seed(0)
         model = MLP(widths, "softplus")
@@ -111,6 +110,7 @@ def bench_estimate(batch=128, steps=50):
         y = torch.randint(0, 10, (batch,), generator=gen)
         t = (y + 1 + torch.randint(0, 9, (batch,), generator=gen)) % 10
         n_pairs = int(torch.unique(y * 10 + t).numel())
+        estimator = curvature.CurvatureEstimator()
         times = []
         for i in range(steps + 1):
             opt.zero_grad(set_to_none=True)
@@ -118,9 +118,9 @@ def bench_estimate(batch=128, steps=50):
             loss = F.cross_entropy(model(X), y) + 0.01 * K.mean()
             loss.backward()
             opt.step()
-            _, tw = _timed(lambda: curvature.global_bounds(model, y, t, exact=False))
+            _, tw = _timed(lambda: estimator.bounds(model, y, t))
             times.append(tw[0])
-        me, Me = curvature.global_bounds(model, y, t, exact=False)
+        me, Me = estimator.bounds(model, y, t)
         m, M = curvature.global_bounds(model, y, t)
         rel = float(((M - Me) / M).abs().max())
         print(f"  L={len(widths) - 1} ({n_pairs} distinct pairs): cold {times[0] * 1e3:7.1f} ms, "
@@ -136,9 +136,9 @@ def bench_local(n=4):
     x = torch.rand(n, 784, generator=torch.Generator().manual_seed(3))
     y = torch.arange(n) % 10
     t = (y + 3) % 10
-    curvature.global_bounds(model, y, t)
-    (m, M), tl = _timed(lambda: curvature.local_bounds(model, x, y, t, 0.5))
-    mg, Mg = curvature.global_bounds(model, y, t)
+    mg, Mg = curvature.global_bounds(model, y, t)      # held and passed on: times the local part
+    (m, M), tl = _timed(lambda: curvature.local_bounds(model, x, y, t, 0.5,
+                                                       global_pair_bounds=(mg, Mg)))
     print(f"  {tl[0] / n:.2f} s per image; mean M local / global = {float((M / Mg).mean()):.3f}")
 
 

@@ -124,7 +124,7 @@ class TrainSpec:
             ``attack_steps`` model steps, ``attack_steps + 1`` gradients per batch) or
             ``"authors"`` (:func:`crc_core.duality.attack_reference`, the authors' 30 bisection ×
             10 inner steps, 301 gradients per batch). Both use the training-time curvature
-            estimate (``curvature.global_bounds(..., exact=False)``).
+            estimate (the run's :class:`~crc_core.curvature.CurvatureEstimator`).
         attack_steps: CRT attack, model steps of the ``"crc"`` schedule (≥ 1).
         pgd_steps: PGD training, steps per batch (≥ 1).
         pgd_step_size: PGD training step (l2 length) > 0; ``None`` means 2.5 ρ / pgd_steps.
@@ -383,31 +383,38 @@ def _lr_at(spec: TrainSpec, epoch: int) -> float:
 # Losses
 # ------------------------------------------------------------------------------------------------
 
-def crt_attack(model: MLP, x: Tensor, y: Tensor, t: Tensor, spec: TrainSpec):
+def crt_attack(model: MLP, x: Tensor, y: Tensor, t: Tensor, spec: TrainSpec,
+               estimator: Optional[curvature.CurvatureEstimator] = None):
     """The CRT attack of Definition 2 for a training batch, with the spec's schedule.
 
-    The curvature bounds are the training-time estimate (warm-started Lanczos, an estimate from below); the
-    attack only needs them to set its steps.
+    The curvature bounds are the training-time estimate of ``estimator`` (warm-started Lanczos,
+    an estimate from below, not a bound); the attack only needs them to set its steps.
 
     Args:
         model: the network being trained.
         x: (B, D) clean inputs; y: (B,) labels; t: (B,) targets (the runner-up classes).
         spec: a ``crt`` spec (``rho``, ``attack_schedule``, ``attack_steps``).
+        estimator: the run's :class:`~crc_core.curvature.CurvatureEstimator` (its warm start
+            advances); None uses a fresh one (a cold start).
 
     Returns:
         :class:`crc_core.duality.AttackResult`; its ``x`` (B, D) is the attack point.
     """
+    if estimator is None:
+        estimator = curvature.CurvatureEstimator()
+    m, M = estimator.bounds(model, y, t)
     if spec.attack_schedule == "crc":
-        return duality.attack(model, x, y, spec.rho, targets=t, bounds="estimate",
+        return duality.attack(model, x, y, spec.rho, targets=t, bounds=(m, M),
                               steps=spec.attack_steps)
-    m, M = curvature.global_bounds(model, y, t, exact=False)
     p = next(model.parameters())
     return duality.attack_reference(duality.margin_function(model, y, t), x.detach().to(p.dtype),
                                     m.to(p.dtype), M.to(p.dtype), spec.rho)
 
 
-def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, epoch: int, step: int):
-    """(loss scalar, clean logits (B, C) detached, mean K or None) for one batch."""
+def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, epoch: int, step: int,
+          estimator: Optional[curvature.CurvatureEstimator] = None):
+    """(loss scalar, clean logits (B, C) detached, mean K or None) for one batch; ``estimator``:
+    the run's curvature estimate for the CRT attack."""
     method = spec.method
     if method in BASELINE_METHODS:
         loss, logits0 = _BASELINE_LOSSES[method](model, x, y, spec, epoch, step)
@@ -422,7 +429,7 @@ def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, epoch: int, step: i
     if method in ("standard", "curvature"):
         loss = F.cross_entropy(logits0, y)
     elif method == "crt":
-        x_attack = crt_attack(model, x, y, t, spec).x.detach()
+        x_attack = crt_attack(model, x, y, t, spec, estimator).x.detach()
         loss = F.cross_entropy(model(x_attack), y)
     else:  # pgd
         x_adv = attacks.pgd_l2(model, x, y, spec.rho, steps=spec.pgd_steps,
@@ -453,36 +460,6 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _map_tensors(obj, fn):
-    """Apply ``fn`` to every tensor in nested dicts / tuples / lists (other leaves kept)."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
-def _solver_state(model: MLP) -> Dict[str, Any]:
-    """The warm-start state the curvature estimate keeps between calls for ``model``.
-
-    :func:`crc_core.curvature.global_bounds` with ``exact=False`` (the CRT attack's bounds)
-    warm-starts its iterations from per-(y, t) vectors kept in a side table keyed by the model
-    object (``curvature._WARM``), not in the model's buffers. They change the estimates
-    slightly, so they are saved with each checkpoint for an exact resume.
-    """
-    table = getattr(curvature, "_WARM", None)
-    state = table.get(model) if table is not None else None
-    return {str(k): _map_tensors(v, lambda t: t.detach().clone()) for k, v in (state or {}).items()}
-
-
-def _restore_solver_state(model: MLP, state: Mapping[str, Any], device: torch.device) -> None:
-    table = getattr(curvature, "_WARM", None)
-    if table is not None and state:
-        table[model] = {int(k): _map_tensors(v, lambda t: t.to(device)) for k, v in state.items()}
 
 
 def _save_model(model: MLP, path: Path) -> None:
@@ -572,6 +549,9 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
     model = MLP(spec.widths, spec.activation).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
     data_gen = torch.Generator().manual_seed(spec.seed)
+    # The CRT attack's curvature estimate: its Lanczos warm-start vectors change the estimates
+    # slightly, so they are saved with each checkpoint ("solver_state") for an exact resume.
+    estimator = curvature.CurvatureEstimator()
     history: List[Dict[str, Any]] = []
     best = {"epoch": 0, "test_accuracy": -1.0}
     start_epoch = 0
@@ -614,7 +594,7 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
             for step in bar:
                 idx = perm[step * spec.batch_size:(step + 1) * spec.batch_size]
                 x, y = X[idx], Y[idx]
-                loss, logits0, K_mean = _loss(model, x, y, spec, epoch, step)
+                loss, logits0, K_mean = _loss(model, x, y, spec, epoch, step, estimator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -658,7 +638,7 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
                 "format": _CHECKPOINT_FORMAT, "spec": spec.to_dict(), "epoch": epoch + 1,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "data_rng": data_gen.get_state(), "rng": _rng_state(device),
-                "solver_state": _solver_state(model),
+                "solver_state": estimator.state_dict(),
                 "history": history, "best": best,
             }, ckpt_path)
 
