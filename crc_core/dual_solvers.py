@@ -1,19 +1,12 @@
-"""Definitions 1 and 2 on a generic margin function: the dual solvers and their sound bound.
+"""Definitions 1 and 2 on a generic margin function: the certificate and attack dual solvers.
 
 Nothing here knows about networks: a margin is any smooth f: R^D → R given as a
 :data:`MarginFn` (values and gradients for rows of a batch) with Hessian eigenvalues in
 [m, M]. :mod:`crc_core.duality` applies these solvers to networks (f = z_y − z_t);
 :mod:`crc_core.reference_schedules` holds the authors' fixed schedules for comparison.
 
-**The sound bound** (Theorem 1). For 0 ≤ η and μ = 1 + η m > 0, F_η(x) = ½‖x − x^(0)‖² + η f(x)
-is μ-strongly convex, so for *any* point x̂
-
-.. math::
-    d(η) = \\min_x F_η(x) \\ge F_η(\\hat x) - \\frac{\\|\\nabla F_η(\\hat x)\\|^2}{2μ}
-    \\qquad (:func:`dual_lower_bound`),
-
-and d(η) ≤ p* = ½ dist(x^(0), {f ≤ 0})² (weak duality). Every gradient evaluation gives such a
-bound for all η ∈ [0, η_max] at once; :func:`best_dual_bound` maximizes it over η in closed form.
+The sound bound of Theorem 1 (:mod:`crc_core.dual_bound`) turns every point the certificate
+solver visits into a certified radius, whatever its accuracy.
 
 **The certificate solver** (:func:`solve_certificate`) replaces the authors' 30 bisection steps
 × 20 inner steps (600 gradients) by a sequential-quadratic step per gradient evaluation: at the
@@ -31,9 +24,10 @@ step (c = 0) is the first-order guess η = f/‖∇f‖²; with c = M at a fixed
 authors' majorize–minimize step; for a linear f or an isotropic quadratic it is exact. x is
 carried from one η to the next. A pair stops when the Lagrangian residual
 ‖x − x0 + η∇f(x)‖ and |f(x)| are below ``tol`` (or η = η_max with f > 0 and the residual below
-``tol``: the certificate is curvature-limited). About 5–14 gradient evaluations per pair on
-MNIST nets (γ-regularized and CRT-trained), against the authors' 600, with the same values to
-~1e-6 (``benchmarks/duality.py``).
+``tol``: the certificate is curvature-limited); it is ``tight`` (primal = dual) when |f| and the
+residual are both ≤ TIGHT_TOL with η inside (0, η_max) (:func:`certificate_tight`), whatever
+stopped it. About 5–14 gradient evaluations per pair on MNIST nets (γ-regularized and
+CRT-trained), against the authors' 600, with the same values to ~1e-6 (``benchmarks/duality.py``).
 
 **The attack solver** (:func:`solve_attack`) uses the same model in the ball: the minimizer of
 :math:`f_k + g_k^T s + \\tfrac{c}{2}\\|s\\|^2 + \\tfrac{η}{2}\\|x - x^{(0)}\\|^2` with η
@@ -57,11 +51,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from .attacks import project_l2_ball
+from .dual_bound import ETA_CAP, MU_FLOOR, best_dual_bound, certificate_eta_max, dual_lower_bound
 
 Tensor = torch.Tensor
 
@@ -69,40 +64,38 @@ Tensor = torch.Tensor
 #: ``margin_fn(x, rows) -> (f, grad)``: for the rows ``rows`` (k,) int64 of the batch at the
 #: points x (k, D), the margins f (k,) and their gradients ∇f (k, D).
 MarginFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
+
 __all__ = [
     "MarginFn",
     "CertificateSolution",
     "AttackResult",
     "solve_certificate",
     "solve_attack",
-    "dual_lower_bound",
-    "best_dual_bound",
-    "certificate_eta_max",
+    "certificate_tight",
+    "attack_tight",
     "per_row",
-    "MU_FLOOR",
-    "ETA_CAP",
     "ATTACK_MU_FLOOR",
     "TIGHT_TOL",
     "PAPER_RESIDUAL_TOL",
     "ATTACK_TIGHT_RTOL",
     "ATTACK_KKT_RTOL",
+    # re-exported from crc_core.dual_bound
+    "dual_lower_bound",
+    "best_dual_bound",
+    "certificate_eta_max",
+    "MU_FLOOR",
+    "ETA_CAP",
 ]
 
-#: Certificate: η is kept at or below (1 − MU_FLOOR)/(−m), so F_η is at least MU_FLOOR-strongly
-#: convex (Theorem 1 allows η up to −1/m, where μ = 0 and the bound degenerates). The bound
-#: lost by stopping short of −1/m is ≈ MU_FLOOR·f/|m| in d, ~1e-6 in the radius.
-MU_FLOOR = 1e-6
-#: Certificate: the largest η when m ≥ 0 (f convex; any η ≥ 0 is allowed). With f bounded away
-#: from 0 the certificate is then about sqrt(2·ETA_CAP·f(x0)) (the boundary may not exist).
-ETA_CAP = 1e6
 #: Attack: η ≥ η_lo = max(0, ATTACK_MU_FLOOR − m), so the inner problem is strongly convex.
 ATTACK_MU_FLOOR = 1e-3
-#: Certificate ``tight`` flag: |f(x_boundary)| ≤ TIGHT_TOL (logit units) and η < η_max.
+#: Certificate ``tight`` flag (:func:`certificate_tight`): |f(x)| ≤ TIGHT_TOL (logit units) and
+#: the stationarity residual ‖x − x0 + η∇f(x)‖ ≤ TIGHT_TOL (input units), 0 < η < η_max.
 TIGHT_TOL = 1e-5
 #: The authors' rule for counting a certificate: ‖η∇f(x) + (x − x0)‖ < PAPER_RESIDUAL_TOL.
 PAPER_RESIDUAL_TOL = 1e-5
-#: Attack ``tight`` flag: | ‖x − x0‖ − ρ | ≤ ATTACK_TIGHT_RTOL·ρ, η > η_lo and the Lagrangian
-#: residual ‖∇f(x) + η(x − x0)‖ ≤ ATTACK_KKT_RTOL·‖∇f(x)‖.
+#: Attack ``tight`` flag (:func:`attack_tight`): | ‖x − x0‖ − ρ | ≤ ATTACK_TIGHT_RTOL·ρ, η > η_lo
+#: and the Lagrangian residual ‖∇f(x) + η(x − x0)‖ ≤ ATTACK_KKT_RTOL·‖∇f(x)‖.
 ATTACK_TIGHT_RTOL = 1e-4
 ATTACK_KKT_RTOL = 1e-2
 
@@ -125,8 +118,8 @@ class CertificateSolution:
         residual: (B,) ‖x − x0 + η∇f(x)‖, the gradient of F_η at ``x``.
         paper_radius: (B,) the authors' value sqrt(max(0, ‖x − x0‖² + 2ηf(x))) = sqrt(2F_η(x)).
         paper_counted: (B,) bool, ``residual < PAPER_RESIDUAL_TOL`` (the authors' rule).
-        tight: (B,) bool, |f(x)| ≤ TIGHT_TOL and η < η_max (and x strictly inside the ball in
-            local mode): primal = dual (Theorem 1), ``radius`` is the distance to the boundary.
+        tight: (B,) bool, :func:`certificate_tight` (and x strictly inside the ball in local
+            mode): primal = dual (Theorem 1), ``radius`` is the distance to the boundary.
         eta_max: (B,) the largest η used, min(ETA_CAP, (1 − MU_FLOOR)/(−m)).
         grad_evals: (B,) int64 gradient evaluations per pair.
     """
@@ -152,8 +145,8 @@ class AttackResult:
     Attributes:
         x: (B, D) the attack point, ‖x − x0‖ ≤ ρ always.
         margin: (B,) f = z_y − z_t at ``x``.
-        tight: (B,) bool, ‖x − x0‖ = ρ within ``ATTACK_TIGHT_RTOL``·ρ with η > η_lo and a
-            converged inner problem (Theorem 2: then ``margin`` is the minimum of f over the ball).
+        tight: (B,) bool, :func:`attack_tight`: ‖x − x0‖ = ρ within ``ATTACK_TIGHT_RTOL``·ρ with
+            η > η_lo and a converged inner problem (Theorem 2: then ``margin`` is the minimum of f over the ball).
         eta: (B,) final dual variable η.
         target: (B,) int64 targets (None from :func:`solve_attack`).
         grad_evals: int, batched gradient evaluations (each over the whole batch).
@@ -170,92 +163,8 @@ class AttackResult:
 
 
 # ================================================================================================
-# The sound bound
+# Model steps and tightness rules
 # ================================================================================================
-
-def certificate_eta_max(m: Tensor) -> Tensor:
-    """The largest η of the certificate, η_max = min(ETA_CAP, (1 − MU_FLOOR)/(−m)).
-
-    ETA_CAP when m ≥ 0 (f convex: any η ≥ 0 is allowed). At η_max, μ = 1 + η m ≥ MU_FLOOR.
-
-    Args:
-        m: (B,) lower curvature bounds.
-
-    Returns:
-        (B,) η_max, in m's dtype.
-    """
-    cap = torch.full_like(m, ETA_CAP)
-    return torch.where(m < 0, torch.minimum(cap, (1 - MU_FLOOR) / (-m).clamp_min(1e-300)), cap)
-
-
-def dual_lower_bound(x_hat: Tensor, x0: Tensor, f: Tensor, grad: Tensor, eta, m) -> Tensor:
-    """Sound lower bound on d(η) (hence on p* = ½ dist²) from one point x̂ (Theorem 1).
-
-    .. math::
-        d(η) \\ge F_η(\\hat x) - \\frac{\\|\\hat x - x^{(0)} + η \\nabla f(\\hat x)\\|^2}{2(1 + η m)}
-
-    valid for 0 ≤ η and 1 + ηm > 0 when m ≤ λmin(∇²f) on a convex set containing x̂ and the
-    minimizer (everywhere for global bounds).
-
-    Args:
-        x_hat: (B, D) the point x̂. x0: (B, D) the input.
-        f: (B,) f(x̂). grad: (B, D) ∇f(x̂).
-        eta: η, float or (B,), with 1 + ηm > 0. m: float or (B,).
-
-    Returns:
-        (B,) the bound on ½ dist²; the certified radius is ``sqrt(2 * max(0, bound))``.
-    """
-    eta = torch.as_tensor(eta, dtype=x0.dtype, device=x0.device)
-    m = torch.as_tensor(m, dtype=x0.dtype, device=x0.device)
-    mu = 1 + eta * m
-    if (mu <= 0).any() or (eta < 0).any():
-        raise ValueError("dual_lower_bound needs η ≥ 0 and 1 + ηm > 0")
-    u = x_hat - x0
-    resid = u + eta.reshape(-1, 1) * grad if eta.dim() else u + eta * grad
-    return 0.5 * (u * u).sum(1) + eta * f - (resid * resid).sum(1) / (2 * mu)
-
-
-def best_dual_bound(u: Tensor, f: Tensor, g: Tensor, m: Tensor, eta_max: Tensor,
-                    extra: Sequence[Tensor] = ()) -> Tuple[Tensor, Tensor]:
-    """The bound of :func:`dual_lower_bound` at one point x̂, maximized over η ∈ [0, η_max].
-
-    .. math::
-        S(η) = \\tfrac{a}{2} + η f - \\frac{a + 2ηb + η^2 q}{2(1 + η m)},
-        \\quad a = \\|u\\|^2,\\ b = u^T g,\\ q = \\|g\\|^2,\\ u = \\hat x - x^{(0)}
-
-    is concave in η; S'(η) = 0 is the quadratic (2fm² − qm)η² + (4fm − 2q)η + (2f − 2b + ma) = 0.
-    Its roots, the ends and ``extra`` are clipped to the range and S is evaluated at each
-    (directly from the vectors): every value is sound, the largest is returned with its η.
-
-    Args:
-        u: (B, D) x̂ − x^(0). f: (B,) f(x̂). g: (B, D) ∇f(x̂).
-        m: (B,) lower curvature bounds. eta_max: (B,) from :func:`certificate_eta_max`.
-        extra: further (B,) candidate η's (e.g. the solver's current η).
-
-    Returns:
-        ``(bound, eta)``, each (B,): the largest bound on ½ dist² and the η that gives it.
-    """
-    a = (u * u).sum(1)
-    b = (u * g).sum(1)
-    q = (g * g).sum(1)
-    A = 2 * f * m * m - q * m
-    Bq = 4 * f * m - 2 * q
-    Cq = 2 * f - 2 * b + m * a
-    sq = (Bq * Bq - 4 * A * Cq).clamp_min(0).sqrt()
-    qq = -0.5 * (Bq + torch.where(Bq >= 0, sq, -sq))
-    cands = [torch.zeros_like(f), eta_max, -Cq / Bq, qq / A, Cq / qq, *extra]
-    best = torch.full_like(f, -float("inf"))
-    best_eta = torch.zeros_like(f)
-    for eta in cands:
-        eta = torch.nan_to_num(eta, nan=0.0, posinf=0.0, neginf=0.0)
-        eta = torch.minimum(eta.clamp_min(0), eta_max)
-        resid = u + eta[:, None] * g
-        s = 0.5 * a + eta * f - (resid * resid).sum(1) / (2 * (1 + eta * m))
-        better = s > best
-        best = torch.where(better, s, best)
-        best_eta = torch.where(better, eta, best_eta)
-    return best, best_eta
-
 
 def _model_root(u: Tensor, f: Tensor, g: Tensor, c: Tensor, eta_max: Tensor) -> Tensor:
     """η ∈ [0, η_max] at which the model f + gᵀs + (c/2)‖s‖² vanishes at the model's x(η)."""
@@ -279,6 +188,51 @@ def _model_root(u: Tensor, f: Tensor, g: Tensor, c: Tensor, eta_max: Tensor) -> 
         best_p = torch.where(take, p, best_p)
     eta = torch.where(P_max >= 0, eta_max, best)      # model positive up to η_max: curvature-limited
     return torch.where(Cq <= 0, torch.zeros_like(eta), eta)   # model already ≤ 0 at x0: restart
+
+
+def certificate_tight(f: Tensor, residual: Tensor, eta: Tensor, eta_max: Tensor) -> Tensor:
+    """The certificate's ``tight`` rule: primal = dual within tolerance (Theorem 1).
+
+    .. math::
+        |f(x)| \\le \\text{TIGHT\\_TOL},\\quad
+        \\|x - x^{(0)} + η \\nabla f(x)\\| \\le \\text{TIGHT\\_TOL},\\quad 0 < η < η_{\\max}
+
+    x is then (nearly) a KKT point of min ½‖x − x0‖² s.t. f(x) = 0 with its multiplier strictly
+    inside the dual range: the boundary point nearest x0, and the certified radius is its
+    distance. Feasibility alone is not enough: a solve stopped early (small ``max_evals``) can
+    end with |f| small far from stationarity, at a point farther away than the radius.
+
+    Args:
+        f: (B,) f(x). residual: (B,) ‖x − x0 + η∇f(x)‖. eta, eta_max: (B,).
+
+    Returns:
+        (B,) bool.
+    """
+    return (f.abs() <= TIGHT_TOL) & (residual <= TIGHT_TOL) & (eta > 0) & (eta < eta_max)
+
+
+def attack_tight(x0: Tensor, x: Tensor, grad: Tensor, eta: Tensor, eta_lo: Tensor,
+                 rho: Tensor) -> Tensor:
+    """The attack's ``tight`` rule: x minimizes f over the ρ-ball (Theorem 2), within tolerance.
+
+    .. math::
+        \\big|\\|x - x^{(0)}\\| - ρ\\big| \\le \\text{ATTACK\\_TIGHT\\_RTOL}\\,ρ,\\quad
+        η > η_{lo},\\quad
+        \\|\\nabla f(x) + η (x - x^{(0)})\\| \\le \\text{ATTACK\\_KKT\\_RTOL}\\,\\|\\nabla f(x)\\|
+
+    On the sphere, with a multiplier above η_lo = max(0, ATTACK_MU_FLOOR − m) (the Lagrangian
+    strongly convex) and stationary: the dual bound equals f(x).
+
+    Args:
+        x0, x: (B, D) input and attack point. grad: (B, D) ∇f(x). eta, eta_lo, rho: (B,).
+
+    Returns:
+        (B,) bool.
+    """
+    u = x - x0
+    kkt = (grad + eta[:, None] * u).norm(dim=1)
+    return (((u.norm(dim=1) - rho).abs() <= ATTACK_TIGHT_RTOL * rho) & (eta > eta_lo)
+            & (kkt <= ATTACK_KKT_RTOL * grad.norm(dim=1)))
 
 
 def per_row(value, B: int, like: Tensor, name: str) -> Tensor:
@@ -426,7 +380,7 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
         res = (u + eta[:, None] * gx).norm(dim=1)
         paper = ((u * u).sum(1) + 2 * eta * fx).clamp_min(0).sqrt()
         radius = (2 * best).clamp_min(0).sqrt()
-        tight = (fx.abs() <= TIGHT_TOL) & (eta < eta_max) & (eta > 0)
+        tight = certificate_tight(fx, res, eta, eta_max)
         if R is not None:
             radius = torch.minimum(radius, R)
             tight = tight & (u.norm(dim=1) < R)
@@ -504,8 +458,6 @@ def solve_attack(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, steps: int = 10,
             raise ValueError("margin_fn returned NaN or infinite values")
         u = x - x0
         dist = u.norm(dim=1)
-        kkt = (g + eta[:, None] * u).norm(dim=1)
-        tight = ((dist - rho).abs() <= ATTACK_TIGHT_RTOL * rho) & (eta > eta_lo) \
-            & (kkt <= ATTACK_KKT_RTOL * g.norm(dim=1))
+        tight = attack_tight(x0, x, g, eta, eta_lo, rho)
     return AttackResult(x=x, margin=f, tight=tight, eta=eta, target=None, grad_evals=evals,
                         distance=dist)

@@ -31,13 +31,14 @@ With local bounds valid on the ball B(x^(0), R) and every x̂ inside it, the sam
 the minimum over the ball, and points outside the ball are at distance ≥ R, so min(r, R) is
 certified.
 
-**The solvers** (Definitions 1 and 2 on any margin function, the sound bound, the stopping and
-``tight`` rules) are in :mod:`crc_core.dual_solvers`; the authors' fixed schedules, kept for
-comparison, in :mod:`crc_core.reference_schedules`; their application to the pairs (input,
-target) of a network — f = z_y − z_t evaluated in float64, global, given or local curvature
-bounds — in :mod:`crc_core.pair_certificates`. This module is the public face: :func:`certify`
-(runner-up, given targets, or the minimum over all classes) and :func:`attack`. The public names
-of those modules are importable from here as well.
+**Where things are.** The sound bound above: :mod:`crc_core.dual_bound`. The solvers
+(Definitions 1 and 2 on any margin function, their stopping and ``tight`` rules):
+:mod:`crc_core.dual_solvers`. The authors' fixed schedules, kept for comparison:
+:mod:`crc_core.reference_schedules`. Their application to (input, target) pairs of a network
+(f = z_y − z_t in float64 under global, given or local curvature bounds):
+:mod:`crc_core.pair_certificates`. This module is the public face: :func:`certify` (runner-up,
+given targets, or the minimum over all classes) and :func:`attack`; the public names of those
+modules are importable from here as well.
 
 Example:
     >>> from crc_core import MLP, duality
@@ -109,8 +110,10 @@ class Certificate:
         x_boundary: (B, D) final primal point x^(cert) (a boundary point when ``tight``).
         margin: (B,) f = z_y − z_t at ``x_boundary``.
         tight: (B,) bool, primal = dual within tolerance (Theorem 1): |f(x_boundary)| ≤
-            ``TIGHT_TOL`` and η strictly inside [0, −1/m) (and x_boundary strictly inside the
-            ball for local bounds). Then ``radius`` equals the distance to the boundary of t.
+            ``TIGHT_TOL``, the stationarity residual ‖x_boundary − x0 + η∇f‖ ≤ ``TIGHT_TOL``
+            and η strictly inside (0, η_max) (and x_boundary strictly inside the ball for
+            local bounds; :func:`~crc_core.dual_solvers.certificate_tight`). Then ``radius``
+            equals the distance to the boundary of t.
         paper_radius: (B,) the authors' value sqrt(max(0, ‖x − x0‖² + 2ηf(x))) at the final
             iterate: equal to ``radius`` when the inner solve converged, otherwise not a bound.
         paper_counted: (B,) bool, the authors' rule ‖η∇f(x) + (x − x0)‖ < 1e-5.

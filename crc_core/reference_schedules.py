@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .dual_solvers import (ATTACK_TIGHT_RTOL, ATTACK_KKT_RTOL, ETA_CAP, PAPER_RESIDUAL_TOL,
-                           TIGHT_TOL, AttackResult, CertificateSolution, MarginFn,
-                           best_dual_bound, certificate_eta_max, per_row)
+from .dual_solvers import (ATTACK_MU_FLOOR, ETA_CAP, PAPER_RESIDUAL_TOL, AttackResult,
+                           CertificateSolution, MarginFn, attack_tight, best_dual_bound,
+                           certificate_eta_max, certificate_tight, per_row)
 
 Tensor = torch.Tensor
 
@@ -88,7 +88,7 @@ def certify_reference(margin_fn: MarginFn, x0: Tensor, m, M, *, bisection_steps:
     return CertificateSolution(
         radius=(2 * s).clamp_min(0).sqrt(), bound=s, eta=eta, x=x, margin=f, residual=res,
         paper_radius=paper, paper_counted=res < PAPER_RESIDUAL_TOL,
-        tight=(f.abs() <= TIGHT_TOL) & (eta < eta_max), eta_max=top, grad_evals=evals_t)
+        tight=certificate_tight(f, res, eta, eta_max), eta_max=top, grad_evals=evals_t)
 
 
 def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_steps: int = 30,
@@ -112,7 +112,7 @@ def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_st
 
     Returns:
         :class:`~crc_core.dual_solvers.AttackResult` with ``target=None``; ``tight`` by the
-        rule of :func:`~crc_core.dual_solvers.solve_attack`.
+        same rule as :func:`~crc_core.dual_solvers.solve_attack` (:func:`~crc_core.dual_solvers.attack_tight`).
     """
     B = x0.shape[0]
     m = per_row(m, B, x0, "m")
@@ -138,8 +138,6 @@ def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_st
         f, g = margin_fn(x, rows)
         evals += 1
         dist = (x - x0).norm(dim=1)
-        kkt = (g + eta[:, None] * (x - x0)).norm(dim=1)
-        tight = ((dist - rho).abs() <= ATTACK_TIGHT_RTOL * rho) \
-            & (kkt <= ATTACK_KKT_RTOL * g.norm(dim=1))
+        tight = attack_tight(x0, x, g, eta, (ATTACK_MU_FLOOR - m).clamp_min(0), rho)
     return AttackResult(x=x, margin=f, tight=tight, eta=eta, target=None, grad_evals=evals,
                         distance=dist)

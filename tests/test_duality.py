@@ -388,6 +388,49 @@ def test_soundness_audit(net):
     assert (adv.margin < 0).all()
 
 
+def test_certificate_rests_on_the_rigorous_bounds(softplus_net):
+    """cert.m, cert.M are exactly curvature.global_bounds (exact=True), never the training-time
+    Lanczos estimate, which differs from them on this net (so the comparison can fail)."""
+    model, X, Y = softplus_net
+    x, y = X[:40], Y[:40]
+    for targets in ("runner-up", "all"):
+        cert = duality.certify(model, x, y, targets=targets)
+        ok = ~cert.misclassified
+        assert ok.sum() >= 20
+        m, M = curvature.global_bounds(model, y[ok], cert.target[ok])
+        m_est, M_est = curvature.global_bounds(model, y[ok], cert.target[ok], exact=False)
+        differ = ((m_est - m).abs() > 1e-9 * m.abs()) | ((M_est - M).abs() > 1e-9 * M.abs())
+        assert differ.any(), "the estimate equals the rigorous bounds here: the test is void"
+        assert torch.equal(cert.m[ok], m) and torch.equal(cert.M[ok], M)
+        assert cert.m[cert.misclassified].isnan().all()
+    tables = loose_tables(model, 2.0)
+    given = duality.certify(model, x, y, bounds=tables)
+    ok = ~given.misclassified
+    assert torch.equal(given.m[ok], tables[0][y[ok], given.target[ok]])
+    assert torch.equal(given.M[ok], tables[1][y[ok], given.target[ok]])
+    with pytest.raises(ValueError, match="bounds='estimate' is refused by certify.*not a bound"):
+        duality.certify(model, x, y, bounds="estimate")
+
+
+@pytest.mark.parametrize("max_evals", [2, 3, 4])
+def test_tight_means_the_dual_optimum_even_when_stopped_early(net, max_evals):
+    """``tight`` (primal = dual) needs a converged solve: |f| and the stationarity residual
+    ‖x − x0 + η∇f(x)‖ both ≤ TIGHT_TOL. Stopped after a few evaluations, a tight certificate is
+    the dual optimum (the radius of a 300-evaluation solve) to 1e-6, relative."""
+    model, X, Y = net
+    x, y = X[:200], Y[:200]
+    full = duality.certify(model, x, y, max_evals=300)
+    cert = duality.certify(model, x, y, max_evals=max_evals)
+    t = cert.tight
+    assert t.sum() >= 10
+    assert not (cert.tight & ~full.tight).any()
+    gap = (full.radius[t] - cert.radius[t]).abs() / full.radius[t]
+    assert gap.max() <= 1e-6, f"a tight certificate {float(gap.max()):.1e} below the dual optimum"
+    f, g = duality.margin_function(model, y[t], cert.target[t])(cert.x_boundary[t], torch.arange(int(t.sum())))
+    residual = (cert.x_boundary[t] - x[t] + cert.eta[t, None] * g).norm(dim=1)
+    assert (residual <= duality.TIGHT_TOL).all() and (f.abs() <= duality.TIGHT_TOL).all()
+
+
 def test_loose_bounds_and_inexact_solves_stay_sound(softplus_net):
     model, X, Y = softplus_net
     x, y = X[:60], Y[:60]
@@ -553,6 +596,35 @@ def test_attack_bounds_arguments(softplus_net):
     torch.testing.assert_close(a.x, b.x)
     torch.testing.assert_close(a.x, c.x)
     assert (a.target == t).all()
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5])
+def test_attack_tight_means_converged(net, steps):
+    """The attack's ``tight`` (Theorem 2: the margin is the minimum over the ball) needs the
+    point on the sphere, η > η_lo and the residual ‖∇f + η(x − x0)‖ ≤ 1e-2 ‖∇f‖; stopped after
+    a few steps, a tight margin is the 200-step minimum to 1e-3. The authors' schedule uses the
+    same rule."""
+    model, X, Y = net
+    x, y = X[:200], Y[:200]
+    with torch.no_grad():
+        t = attacks.runner_up(model(x), y)
+    m, M = curvature.global_bounds(model, y, t)
+    fn = duality.margin_function(model, y, t)
+    eta_lo = (duality.ATTACK_MU_FLOOR - m).clamp_min(0)
+    seen = 0
+    for rho in (0.1, 0.5):
+        full = duality.solve_attack(fn, x, m, M, rho, steps=200)
+        for adv in (duality.solve_attack(fn, x, m, M, rho, steps=steps),
+                    duality.attack_reference(fn, x, m, M, rho, bisection_steps=10, inner_steps=steps)):
+            k = adv.tight
+            seen += int(k.sum())
+            assert (adv.eta[k] > eta_lo[k]).all()
+            _, g = fn(adv.x[k], torch.arange(len(y))[k])
+            kkt = (g + adv.eta[k, None] * (adv.x[k] - x[k])).norm(dim=1)
+            assert (kkt <= duality.ATTACK_KKT_RTOL * g.norm(dim=1)).all()
+            assert ((adv.distance[k] - rho).abs() <= duality.ATTACK_TIGHT_RTOL * rho).all()
+            assert ((adv.margin[k] - full.margin[k]).abs() <= 1e-3 * (1 + full.margin[k].abs())).all()
+    assert seen >= 50
 
 
 # ------------------------------------------------------------------------------------------------
