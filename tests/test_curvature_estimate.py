@@ -34,7 +34,7 @@ def test_curvature_penalty_two_layer_formula_and_buffers():
     assert not torch.equal(u, u0)                                  # one step advanced the buffer
     W1, W2 = model.weights[0], model.weights[1]
     sig = float(u @ W1.detach() @ v)
-    expected = math.sqrt(3) / 18 * sig ** 2 * float((W2[2] - W2[0]).abs().max())
+    expected = math.sqrt(3) / 18 * sig ** 2 * float((W2[2] - W2[0]).detach().abs().max())
     assert abs(float(K) - expected) <= 1e-12 * expected
     # power_steps=0 leaves the buffers alone.
     u1 = u.clone()
