@@ -17,8 +17,9 @@ network; only the attack differs (:func:`crc_core.training.crt_attack` with the 
   η, 10 majorize-minimize steps ``x ← (M x − ∇f(x) + η x0) / (M + η)`` from x0; η moves up when
   ‖x − x0‖ > ρ; 301 gradient evaluations per batch.
 
-Both take the curvature bounds from the training-time estimate,
-``curvature.global_bounds(..., exact=False)`` (included in the timings). The network is first
+Both take the curvature bounds from the training-time estimate, one
+:class:`crc_core.curvature.CurvatureEstimator` held across steps as ``training.train`` does
+(included in the timings). The network is first
 trained for ``--warmup-steps`` CRT steps (our attack) so that its margins are those of a CRT
 network in training rather than of a random one. Printed: seconds per CRT step (median of ``--repeats``),
 and the strength of both attacks — mean ‖x − x0‖, mean f = z_y − z_t at the attack point (lower
@@ -61,11 +62,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def crt_step(model, x, y, t, spec):
+def crt_step(model, x, y, t, spec, estimator):
     """One CRT loss and backward pass; returns (seconds, AttackResult)."""
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    adv = training.crt_attack(model, x, y, t, spec)
+    adv = training.crt_attack(model, x, y, t, spec, estimator)
     loss = F.cross_entropy(model(adv.x.detach()), y)
     if spec.gamma > 0:
         loss = loss + spec.gamma * curvature.curvature_penalty(model, y, t).mean()
@@ -88,13 +89,14 @@ def main(argv=None) -> int:
     # CRT network in training rather than of a random one.
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(args.seed)
+    estimator = curvature.CurvatureEstimator()
     t0 = time.perf_counter()
     for _ in range(args.warmup_steps):
         idx = torch.randint(0, X.shape[0], (args.batch,), generator=gen)
         x, y = X[idx], Y[idx]
         with torch.no_grad():
             t = runner_up(model(x), y)
-        crt_step(model, x, y, t, ours)
+        crt_step(model, x, y, t, ours, estimator)
         opt.step()
     print(f"warm-up: {args.warmup_steps} CRT steps in {time.perf_counter() - t0:.1f} s; "
           f"torch threads: {torch.get_num_threads()}")
@@ -103,17 +105,17 @@ def main(argv=None) -> int:
     x, y = X[idx], Y[idx]
     with torch.no_grad():
         t = runner_up(model(x), y)
-    m, M = curvature.global_bounds(model, y, t, exact=False)
+    m, M = estimator.bounds(model, y, t)
     print(f"network 2×[{args.width}] {args.activation}, batch {args.batch}, ρ = {args.rho}, "
           f"γ = {args.gamma}; curvature estimate: mean m {float(m.mean()):.3f}, "
           f"mean M {float(M.mean()):.3f}")
 
     rows = {}
     for name, spec in ((f"ours ({ours.attack_steps} steps)", ours), ("authors' (30×10)", authors)):
-        crt_step(model, x, y, t, spec)  # warm the per-pair estimate tables and caches
+        crt_step(model, x, y, t, spec, estimator)  # warm the estimator on these pairs
         times = []
         for _ in range(args.repeats):
-            seconds, adv = crt_step(model, x, y, t, spec)
+            seconds, adv = crt_step(model, x, y, t, spec, estimator)
             times.append(seconds)
         rows[name] = {"seconds": statistics.median(times), "grads": adv.grad_evals,
                       "dist": float(adv.distance.mean()), "f": float(adv.margin.mean()),
