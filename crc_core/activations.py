@@ -11,6 +11,10 @@ Each activation carries σ, σ', σ'' and the constants the curvature bounds use
 | sigmoid    | 1/4 | [−√3/18, √3/18]            | √3/18      |
 | tanh       | 1   | [−4/(3√3), 4/(3√3)]        | 4/(3√3)    |
 
+Softplus is the exact log(1 + e^x) in float64, where certificates are computed (torch's
+``softplus`` switches to the identity above x = 20, a 2e-9 jump the curvature bounds do not
+cover); in float32 torch's kernel is kept, since there it already rounds to the exact value.
+
 ReLU is available for the baselines (CROWN, COAP) but has no curvature information: asking a
 curvature quantity of it raises :class:`NoCurvatureError`.
 
@@ -44,6 +48,28 @@ class NoCurvatureError(ValueError):
 # Guard added to interval ranges of σ', σ'' so that float64 rounding at the candidate points can
 # never make a range too narrow (values are O(1); rounding is O(1e-16)).
 _RANGE_SLACK = 1e-12
+
+
+#: Above this z torch's softplus returns z itself (``threshold=20``), below it log1p(exp(z)).
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+def _softplus(z: Tensor) -> Tensor:
+    """σ(z) = log(1 + e^z): exact in float64, torch's softplus in lower precisions.
+
+    torch's softplus returns z for z > 20, off by log1p(e^−z) ≤ 2.1e-9 and not monotone across
+    20 — in float64 a jump that the curvature bounds (which assume the exact softplus) do not
+    cover. In float64, z ≥ 20 is computed as z + log1p(e^−z) (the stable form; exact to an ulp),
+    z < 20 by torch's own log1p(e^z). In float32 and below the gap is less than half an ulp of
+    z (ulp(20) = 1.9e-6 in float32), so torch's value is already the correctly rounded exact
+    softplus there and is kept: training keeps its fused kernel and its bit-for-bit results.
+    Gradients (autograd, any order) are those of the exact function (σ' = sigmoid).
+    """
+    if z.dtype != torch.float64:
+        return torch.nn.functional.softplus(z)
+    big = z.clamp_min(_SOFTPLUS_THRESHOLD)     # the branch for z ≥ 20, finite gradients elsewhere
+    return torch.where(z >= _SOFTPLUS_THRESHOLD, big + torch.log1p(torch.exp(-big)),
+                       torch.nn.functional.softplus(z))
 
 
 def _softplus_d1(x: Tensor) -> Tensor:
@@ -149,7 +175,7 @@ _TANH_H = 4 / (3 * math.sqrt(3))
 
 ACTIVATIONS = {
     "softplus": Activation(
-        "softplus", torch.nn.functional.softplus, _softplus_d1, _softplus_d2,
+        "softplus", _softplus, _softplus_d1, _softplus_d2,
         g=1.0, h=0.25, h_L=0.0, h_U=0.25, d1_critical=(), d2_critical=(0.0,),
     ),
     "sigmoid": Activation(
