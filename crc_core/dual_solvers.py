@@ -55,6 +55,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from . import checks
 from .attacks import project_l2_ball
 from .dual_bound import ETA_CAP, MU_FLOOR, best_dual_bound, certificate_eta_max, dual_lower_bound
 
@@ -73,7 +74,7 @@ __all__ = [
     "solve_attack",
     "certificate_tight",
     "attack_tight",
-    "per_row",
+    "curvature_rows",
     "ATTACK_MU_FLOOR",
     "TIGHT_TOL",
     "PAPER_RESIDUAL_TOL",
@@ -235,12 +236,20 @@ def attack_tight(x0: Tensor, x: Tensor, grad: Tensor, eta: Tensor, eta_lo: Tenso
             & (kkt <= ATTACK_KKT_RTOL * grad.norm(dim=1)))
 
 
-def per_row(value, B: int, like: Tensor, name: str) -> Tensor:
-    """A float or (B,) tensor as a fresh (B,) tensor in ``like``'s dtype and device.
+def curvature_rows(m, M, like: Tensor) -> Tuple[Tensor, Tensor]:
+    """Curvature bounds m ≤ M, floats or (B,) tensors, as (B,) tensors in ``like``'s dtype.
+
+    B = ``like.shape[0]``; the checks are :func:`crc_core.checks.bounds`.
 
     Raises:
-        ValueError: for any other shape (the message names the argument ``name``).
+        ValueError: a shape other than () or (B,), NaN, or m > M (naming the first index).
     """
+    m, M = checks.bounds((m, M), allowed=(), batch=like.shape[0], device=like.device)
+    return m.to(like.dtype), M.to(like.dtype)
+
+
+def _per_row(value, B: int, like: Tensor, name: str) -> Tensor:
+    """A float or (B,) tensor (any value, inf included) as a fresh (B,) tensor like ``like``."""
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if v.dim() == 0:
         v = v.expand(B)
@@ -299,17 +308,11 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
     if x0.dim() != 2:
         raise ValueError(f"x0 must have shape (B, D), got {tuple(x0.shape)}")
     B, D = x0.shape
-    m = per_row(m, B, x0, "m")
-    M = per_row(M, B, x0, "M")
-    if torch.isnan(m).any() or torch.isnan(M).any() or (m > M).any():
-        raise ValueError("curvature bounds must satisfy m <= M (and not be NaN)")
-    if int(max_evals) < 1:
-        raise ValueError(f"max_evals must be >= 1, got {max_evals}")
-    R = None if ball is None else per_row(ball, B, x0, "ball")
-    if R is not None and (torch.isnan(R).any() or (R <= 0).any()):
-        raise ValueError("ball radius must be > 0")
+    m, M = curvature_rows(m, M, x0)
+    max_evals = checks.count(max_evals, "max_evals", 1)
+    R = None if ball is None else checks.radius(ball, B, x0.dtype, x0.device, name="ball")
     enough = (torch.full_like(m, float("inf")) if stop_radius is None
-              else per_row(stop_radius, B, x0, "stop_radius"))
+              else _per_row(stop_radius, B, x0, "stop_radius"))
     if R is not None:
         enough = torch.minimum(enough, R)
     eta_max = certificate_eta_max(m)
@@ -327,7 +330,7 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
     evals = torch.zeros(B, dtype=torch.int64, device=x0.device)
     active = torch.ones(B, dtype=torch.bool, device=x0.device)
     with torch.no_grad():
-        for it in range(int(max_evals) + (first is not None)):
+        for it in range(max_evals + (first is not None)):
             rows = active.nonzero()[:, 0]
             if rows.numel() == 0:
                 break
@@ -371,7 +374,7 @@ def solve_certificate(margin_fn: MarginFn, x0: Tensor, m, M, *, max_evals: int =
                 x_new = project_l2_ball(x_new, x0r, R[rows])
             moved = (x_new - xr).norm(dim=1) > 1e-15 * (1 + u.norm(dim=1))
             keep = ~done & moved
-            if it == int(max_evals) - 1 + (first is not None):
+            if it == max_evals - 1 + (first is not None):
                 keep = torch.zeros_like(keep)
             x[rows] = torch.where(keep[:, None], x_new, xr)
             eta[rows] = torch.where(keep, eta_new, er)
@@ -415,15 +418,9 @@ def solve_attack(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, steps: int = 10,
     if x0.dim() != 2:
         raise ValueError(f"x0 must have shape (B, D), got {tuple(x0.shape)}")
     B = x0.shape[0]
-    rho = per_row(rho, B, x0, "rho")
-    if torch.isnan(rho).any() or (rho <= 0).any() or torch.isinf(rho).any():
-        raise ValueError("rho must be finite and > 0")
-    m = per_row(m, B, x0, "m")
-    M = per_row(M, B, x0, "M")
-    if torch.isnan(m).any() or torch.isnan(M).any() or (m > M).any():
-        raise ValueError("curvature bounds must satisfy m <= M (and not be NaN)")
-    if int(steps) < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    rho = checks.radius(rho, B, x0.dtype, x0.device, name="rho")
+    m, M = curvature_rows(m, M, x0)
+    steps = checks.count(steps, "steps", 0)
     rows = torch.arange(B, device=x0.device)
     eta_lo = (ATTACK_MU_FLOOR - m).clamp_min(0)
     evals = 0
@@ -438,7 +435,7 @@ def solve_attack(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, steps: int = 10,
         eta = eta_lo.clone()
         c = torch.minimum(torch.maximum(torch.zeros_like(m), m), M)
         x_prev = g_prev = None
-        for _ in range(int(steps)):
+        for _ in range(steps):
             if x_prev is not None:
                 s = x - x_prev
                 ss = (s * s).sum(1)

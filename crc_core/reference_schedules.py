@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from . import checks
 from .dual_solvers import (ATTACK_MU_FLOOR, ETA_CAP, PAPER_RESIDUAL_TOL, AttackResult,
                            CertificateSolution, MarginFn, attack_tight, best_dual_bound,
-                           certificate_eta_max, certificate_tight, per_row)
+                           certificate_eta_max, certificate_tight, curvature_rows)
 
 Tensor = torch.Tensor
 
@@ -56,8 +57,7 @@ def certify_reference(margin_fn: MarginFn, x0: Tensor, m, M, *, bisection_steps:
         value; ``eta_max`` is their range end 1/|m|).
     """
     B = x0.shape[0]
-    m = per_row(m, B, x0, "m")
-    M = per_row(M, B, x0, "M")
+    m, M = curvature_rows(m, M, x0)
     rows = torch.arange(B, device=x0.device)
     top = torch.where(m < 0, 1 / (-m).clamp_min(1e-300), torch.full_like(m, ETA_CAP))
     lo, hi = torch.zeros_like(m), top.clone()
@@ -115,9 +115,8 @@ def attack_reference(margin_fn: MarginFn, x0: Tensor, m, M, rho, *, bisection_st
         same rule as :func:`~crc_core.dual_solvers.solve_attack` (:func:`~crc_core.dual_solvers.attack_tight`).
     """
     B = x0.shape[0]
-    m = per_row(m, B, x0, "m")
-    M = per_row(M, B, x0, "M")
-    rho = per_row(rho, B, x0, "rho")
+    m, M = curvature_rows(m, M, x0)
+    rho = checks.radius(rho, B, x0.dtype, x0.device, name="rho")
     rows = torch.arange(B, device=x0.device)
     lo = m.abs()
     hi = m.abs() + 1000

@@ -663,6 +663,27 @@ def test_errors():
             duality.attack(smooth, x, y, rho)
     with pytest.raises(ValueError, match="m <= M"):
         duality.solve_certificate(lambda x, r: (None, None), torch.zeros(1, 2), 1.0, 0.0)
+    # the checks of crc_core.checks: messages name the argument, the range and the first bad index
+    never = lambda x, r: (None, None)  # noqa: E731 - never called: the arguments are refused first
+    x0 = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"m <= M.*at index 1"):
+        duality.solve_attack(never, x0, torch.tensor([0.0, 2.0, 0.0]), 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"max_evals must be an integer >= 1, got 0"):
+        duality.solve_certificate(never, x0, 0.0, 0.0, max_evals=0)
+    with pytest.raises(ValueError, match=r"ball must be finite and > 0, got -1.0 at index 2"):
+        duality.solve_certificate(never, x0, 0.0, 0.0, ball=torch.tensor([1.0, 1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"rho must be finite and > 0, got inf"):
+        duality.solve_attack(never, x0, 0.0, 0.0, float("inf"))
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 0"):
+        duality.solve_attack(never, x0, 0.0, 0.0, 0.5, steps=-1)
+    with pytest.raises(ValueError, match=r"curvature bounds must satisfy m <= M.*at index \(0, 1\)"):
+        table = torch.zeros(3, 3)
+        table[0, 1] = float("nan")              # off the diagonal (the diagonal may be NaN)
+        duality.certify(smooth, x, y, bounds=(table, torch.ones(3, 3)))
+    with pytest.raises(ValueError, match=r"bounds given as \(m, M\) must be two \(3, 3\) tables"):
+        duality.certify(smooth, x, y, bounds=(torch.zeros(2), torch.ones(2)))
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
+        duality.certify(smooth, x, y, batch_size=0)
 
 
 # ------------------------------------------------------------------------------------------------
