@@ -26,7 +26,8 @@ closer to x^(0), because f(x^(0)) > 0 and f is continuous). Every gradient evalu
 makes gives such a bound for every η ∈ [0, η_max] at once (the bound is concave in η and is
 maximized in closed form); ``radius`` is the largest of them. Only m enters the guarantee (M
 only sets step sizes), so m must be a rigorous bound: :func:`curvature.global_bounds` with
-``exact=True``. The final evaluation is in float64; rounding (relative ~1e-16) is not tracked.
+``exact=True``. The final evaluation is in float64, where softplus is the exact log(1 + e^z)
+that the bounds assume (:mod:`crc_core.activations`); rounding (relative ~1e-16) is not tracked.
 With local bounds valid on the ball B(x^(0), R) and every x̂ inside it, the same bound holds for
 the minimum over the ball, and points outside the ball are at distance ≥ R, so min(r, R) is
 certified.
@@ -266,8 +267,8 @@ def certify(model, x: Tensor, y: Tensor, targets: Union[str, Tensor] = "runner-u
     if progress or (progress is None and len(chunks) > 1):
         from tqdm.auto import tqdm
         iterator = tqdm(chunks, desc="certify", unit="batch")
-    parts = [_certify_chunk(solver, x64[sl], y[sl], targets if isinstance(targets, str) else targets[sl],
-                            lipschitz)
+    parts = [_certify_chunk(solver, x64[sl], y[sl],
+                            targets if isinstance(targets, str) else targets[sl], lipschitz)
              for sl in iterator]
     return parts[0] if len(parts) == 1 else _concatenate(parts)
 
@@ -442,9 +443,10 @@ def attack(model, x: Tensor, y: Tensor, rho, targets: Union[str, Tensor] = "runn
 
     ``steps`` model steps (:func:`~crc_core.dual_solvers.solve_attack`), ``steps + 1`` gradient
     evaluations per batch, in the model's dtype, without autograd graphs through the weights
-    (gradients w.r.t. x only; parameters' ``.grad`` untouched; the result is detached). ‖x − x0‖ ≤ ρ always. Theorem 2:
-    where ``tight`` (on the sphere, converged), ``margin`` is the exact minimum of the margin over
-    the ball. Otherwise x is still a point of the ball with a low margin.
+    (gradients w.r.t. x only; parameters' ``.grad`` untouched; the result is detached).
+    ‖x − x0‖ ≤ ρ always. Theorem 2: where ``tight`` (on the sphere, converged), ``margin`` is the
+    exact minimum of the margin over the ball. Otherwise x is still a point of the ball with a
+    low margin.
 
     Args:
         model: an :class:`~crc_core.models.MLP` with a smooth activation.
