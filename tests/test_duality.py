@@ -470,6 +470,28 @@ def test_targets_all_is_min_over_explicit_targets(softplus_net):
     assert cert_all.grad_evals <= 3 * cert_ru.grad_evals
 
 
+def test_same_call_same_answer_whatever_ran_before(softplus_net):
+    """No hidden state in certify: after a call on other weights of the same module object, a
+    call gives what a fresh copy gives (the Lipschitz scale of targets="all" and the curvature
+    bounds are computed from the weights passed, not remembered)."""
+    model, X, Y = softplus_net
+    x, y = X[:20], Y[:20]
+    fresh = MLP(model.widths, model.activation).double()
+    fresh.load_state_dict(model.state_dict())
+    first = duality.certify(fresh, x, y, targets="all")
+    scaled = MLP(model.widths, model.activation).double()
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        scaled.layers[0].weight.mul_(3.0)              # other weights, then back in place
+        duality.certify(scaled, x, y, targets="all")
+        scaled.layers[0].weight.div_(3.0)
+    scaled.load_state_dict(model.state_dict())         # bit-for-bit the original weights
+    again = duality.certify(scaled, x, y, targets="all")
+    torch.testing.assert_close(again.radius, first.radius, rtol=0, atol=0)
+    torch.testing.assert_close(again.radius_per_target, first.radius_per_target, rtol=0, atol=0)
+    assert again.grad_evals == first.grad_evals
+
+
 def test_misclassified_inputs_get_zero(softplus_net):
     model, X, Y = softplus_net
     x = X[:20]
