@@ -110,20 +110,20 @@ def bench_training(args, X, Y) -> None:
             model = MLP(widths, activation)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             plain = _timed(_step(model, opt, lambda: F.cross_entropy(model(x), y)), args.repeats)
-            # epoch = epochs − 1, last step: past the ramp (ε = ρ, κ = FINAL_KAPPA, β = final β).
+            # progress 1: past the ramp (ε = ρ, κ = FINAL_KAPPA, β = final β).
             spec = TrainSpec(widths=widths, activation=activation, method="crown-ibp", rho=args.rho,
                              epochs=1, batch_size=args.batch, train_subset=args.batch)
-            eps, kappa, beta = crown.crown_ibp_schedule(spec, 0, 10 ** 6)
-            cibp = _timed(_step(model, opt, lambda: crown.crown_ibp_loss(model, x, y, spec, 0, 10 ** 6)[0]),
+            eps, kappa, beta = crown.crown_ibp_schedule(spec, 1.0)
+            cibp = _timed(_step(model, opt, lambda: crown.crown_ibp_loss(model, x, y, spec, 1.0)[0]),
                           args.repeats)
             rows.append((activation, "crown-ibp", plain, cibp, f"ε={eps:g} κ={kappa:g} β={beta:g}"))
             if activation == "relu":
                 spec = TrainSpec(widths=widths, activation="relu", method="coap", rho=args.rho, epochs=1,
                                  batch_size=args.batch, train_subset=args.batch)
-                tc = _timed(_step(model, opt, lambda: coap.coap_loss(model, x, y, spec, 0, 10 ** 6)[0]),
+                tc = _timed(_step(model, opt, lambda: coap.coap_loss(model, x, y, spec, 1.0)[0]),
                             args.repeats)
                 mode = "exact l2" if L == 2 else f"{coap.TRAIN_PROJECTIONS} projections"
-                rows.append((activation, "coap", plain, tc, f"ε={coap.coap_schedule(spec, 0, 10 ** 6):g}, {mode}"))
+                rows.append((activation, "coap", plain, tc, f"ε={coap.coap_schedule(spec, 1.0):g}, {mode}"))
         for activation, method, plain, sec, note in rows:
             print(f"  L={L} {activation:8s} {method:9s}: {sec * 1000:8.1f} ms vs plain {plain * 1000:6.1f} ms "
                   f"-> {sec / plain:6.1f}x   ({note})")

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -52,7 +51,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import attacks, curvature, duality
+from . import attacks, baselines, curvature, duality
 from . import data as data_module
 from .activations import ACTIVATIONS, NoCurvatureError, get_activation
 from .models import MLP
@@ -63,13 +62,14 @@ __all__ = [
     "METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS",
     "ATTACK_SCHEDULES",
     "TrainSpec", "train", "load_model", "read_history", "is_trained", "is_implemented",
+    "training_progress",
     "accuracy", "crt_attack", "CHECKPOINT", "BEST", "LAST",
 ]
 
 #: Methods implemented here.
 TRAINABLE_METHODS: Tuple[str, ...] = ("standard", "curvature", "crt", "pgd")
-#: Methods reserved for the baselines (:mod:`crc_core.baselines`); :func:`train` raises
-#: NotImplementedError for them until a loss is registered in :data:`_BASELINE_LOSSES`.
+#: Methods of the baselines; their losses are :data:`crc_core.baselines.TRAINING_LOSSES`
+#: (COAP's only where the ``convex_adversarial`` package is installed, see :func:`is_implemented`).
 BASELINE_METHODS: Tuple[str, ...] = ("crown-ibp", "coap")
 METHODS: Tuple[str, ...] = TRAINABLE_METHODS + BASELINE_METHODS
 LR_SCHEDULES: Tuple[str, ...] = ("constant", "cosine")
@@ -84,11 +84,6 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "model-best.pt"
 LAST = "model-last.pt"
 _CHECKPOINT_FORMAT = "crc-train-checkpoint-1"
-
-#: Loss functions of the baseline methods, ``method -> fn(model, x, y, spec, epoch, step)``
-#: returning ``(loss, logits_clean)``; filled by :mod:`crc_core.baselines` when it lands.
-_BASELINE_LOSSES: Dict[str, Any] = {}
-
 
 # ------------------------------------------------------------------------------------------------
 # The spec
@@ -301,24 +296,35 @@ def _as_float(name: str, value) -> float:
 
 
 def is_implemented(method: str) -> bool:
-    """Whether :func:`train` can train ``method`` now (False for baselines not yet registered)."""
+    """Whether :func:`train` can train ``method`` here (False for ``"coap"`` without the
+    ``convex_adversarial`` package: :data:`crc_core.baselines.TRAINING_LOSSES` lacks it)."""
     if method in TRAINABLE_METHODS:
         return True
     if method in BASELINE_METHODS:
-        _load_baseline_losses()
-        return method in _BASELINE_LOSSES
+        return method in baselines.TRAINING_LOSSES
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
-def _load_baseline_losses() -> None:
-    """Import :mod:`crc_core.baselines` if present; it may register losses via ``TRAINING_LOSSES``."""
-    try:
-        baselines = importlib.import_module(f"{__package__}.baselines")
-    except ModuleNotFoundError:
-        return
-    losses = getattr(baselines, "TRAINING_LOSSES", None)
-    if isinstance(losses, Mapping):
-        _BASELINE_LOSSES.update(losses)
+def training_progress(spec: "TrainSpec", epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Fraction of the training steps completed before this step, in [0, 1).
+
+    .. math::
+        p = \\frac{e\\,S + s}{E\\,S}
+
+    with e the 0-based epoch, s the 0-based step within it, S the steps per epoch and E =
+    ``spec.epochs``. The baselines' schedules (:mod:`crc_core.baselines.schedules`) are
+    functions of p.
+
+    Args:
+        spec: the run's :class:`TrainSpec` (``epochs``).
+        epoch: 0-based epoch; step: 0-based step within the epoch.
+        steps_per_epoch: S = ⌈n / batch size⌉ for n training examples.
+
+    Example:
+        >>> training_progress(spec, 1, 0, 10)          # spec.epochs = 2: half-way
+        0.5
+    """
+    return (epoch * steps_per_epoch + step) / (spec.epochs * steps_per_epoch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,13 +417,13 @@ def crt_attack(model: MLP, x: Tensor, y: Tensor, t: Tensor, spec: TrainSpec,
                                     m.to(p.dtype), M.to(p.dtype), spec.rho)
 
 
-def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, epoch: int, step: int,
+def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
           estimator: Optional[curvature.CurvatureEstimator] = None):
     """(loss scalar, clean logits (B, C) detached, mean K or None) for one batch; ``estimator``:
     the run's curvature estimate for the CRT attack."""
     method = spec.method
     if method in BASELINE_METHODS:
-        loss, logits0 = _BASELINE_LOSSES[method](model, x, y, spec, epoch, step)
+        loss, logits0 = baselines.TRAINING_LOSSES[method](model, x, y, spec, progress)
         return loss, logits0.detach(), None
     need_clean_grad = method in ("standard", "curvature")
     if need_clean_grad:
@@ -594,7 +600,8 @@ def train(spec: TrainSpec, run_dir: str | os.PathLike, *, resume: bool = True,
             for step in bar:
                 idx = perm[step * spec.batch_size:(step + 1) * spec.batch_size]
                 x, y = X[idx], Y[idx]
-                loss, logits0, K_mean = _loss(model, x, y, spec, epoch, step, estimator)
+                p = training_progress(spec, epoch, step, steps_per_epoch)
+                loss, logits0, K_mean = _loss(model, x, y, spec, p, estimator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,5 +1,6 @@
 """Tests of crc_core.baselines: CROWN-general bounds and certificates, CROWN-IBP and COAP training,
-and their wiring into crc_core.training and crc_core.experiments.
+and their wiring into crc_core.training and crc_core.experiments (the relaxations and the
+tightness of CROWN on tiny nets: tests/test_relaxations.py).
 
 Soundness is checked against the attack (every lower bound ≤ the margin PGD finds in the same
 ball, no box) and against random points of the ball on briefly trained nets of every
@@ -17,9 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crc_core import MLP, attacks, data, experiments, training
-from crc_core.activations import get_activation
-from crc_core.baselines import TRAINING_LOSSES, crown
+from crc_core import MLP, attacks, data, evaluation, experiments, training
+from crc_core.baselines import TRAINING_LOSSES, crown, schedules
 from crc_core.training import TrainSpec
 
 coap = pytest.importorskip("crc_core.baselines.coap")
@@ -62,90 +62,6 @@ def _batch(model, mnist, n: int = 24, correct_only: bool = True):
         keep = model(x).argmax(1) == y
         x, y = x[keep], y[keep]
     return x[:n], y[:n]
-
-
-# ------------------------------------------------------------------------------------------------
-# Relaxations
-# ------------------------------------------------------------------------------------------------
-
-def _intervals(n: int, dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    lower = torch.randn(n, generator=g, dtype=dtype) * 5
-    widths = torch.tensor([0.0, 1e-9, 1e-4, 0.1, 1.0, 4.0, 15.0, 40.0], dtype=dtype)
-    width = widths[torch.randint(0, len(widths), (n,), generator=g)]
-    width = width * torch.rand(n, generator=g, dtype=dtype)
-    # straddling 0 on purpose for a third of them
-    third = n // 3
-    lower[:third] = -torch.rand(third, generator=g, dtype=dtype) * 8
-    width[:third] = -lower[:third] + torch.rand(third, generator=g, dtype=dtype) * 8
-    return lower, lower + width
-
-
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-def test_relaxation_encloses_the_activation_on_dense_samples(activation, dtype, tol):
-    lower, upper = _intervals(4000, dtype)
-    r = crown.linear_relaxation(activation, lower, upper)
-    s = torch.linspace(0, 1, 301, dtype=dtype)
-    z = lower[:, None] + (upper - lower)[:, None] * s[None, :]
-    z = torch.minimum(z, upper[:, None])
-    f = get_activation(activation).fn(z)
-    lo = r.lower_slope[:, None] * z + r.lower_intercept[:, None]
-    hi = r.upper_slope[:, None] * z + r.upper_intercept[:, None]
-    scale = 1 + f.abs()
-    assert float(((lo - f) / scale).max()) <= tol
-    assert float(((f - hi) / scale).max()) <= tol
-
-
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_relaxation_lines_touch_the_activation(activation):
-    """Each line is tight: it meets σ somewhere on [l, u] (no slack beyond rounding)."""
-    lower, upper = _intervals(600, torch.float64, seed=1)
-    keep = (upper - lower) > 1e-3
-    lower, upper = lower[keep], upper[keep]
-    r = crown.linear_relaxation(activation, lower, upper)
-    s = torch.linspace(0, 1, 20001, dtype=torch.float64)
-    z = lower[:, None] + (upper - lower)[:, None] * s[None, :]
-    f = get_activation(activation).fn(z)
-    gap_lo = (f - (r.lower_slope[:, None] * z + r.lower_intercept[:, None])).min(dim=1).values
-    gap_hi = ((r.upper_slope[:, None] * z + r.upper_intercept[:, None]) - f).min(dim=1).values
-    width = upper - lower
-    # a tangent point on the grid is within width/20000 of the true one: gap O((width/2e4)^2)
-    assert float((gap_lo / (1e-8 + (width / 2e4) ** 2 * 10)).max()) <= 1.0
-    assert float((gap_hi / (1e-8 + (width / 2e4) ** 2 * 10)).max()) <= 1.0
-
-
-def test_relaxation_closed_forms():
-    sig = torch.sigmoid
-    l, u = torch.tensor([-3.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)
-    r = crown.linear_relaxation("sigmoid", l, u)           # convex part: chord above
-    chord = (sig(u) - sig(l)) / (u - l)
-    assert torch.allclose(r.upper_slope, chord)
-    m = torch.tensor([-2.0], dtype=torch.float64)            # tangent at the midpoint below
-    assert torch.allclose(r.lower_slope, sig(m) * (1 - sig(m)))
-    # relu: stable intervals exact, unstable: chord above, adaptive line below
-    lo = torch.tensor([1.0, -2.0, -1.0, -3.0], dtype=torch.float64)
-    hi = torch.tensor([2.0, -1.0, 3.0, 1.0], dtype=torch.float64)
-    r = crown.linear_relaxation("relu", lo, hi)
-    assert r.upper_slope.tolist() == [1.0, 0.0, 0.75, 0.25]
-    assert r.upper_intercept.tolist() == [0.0, 0.0, 0.75, 0.75]
-    assert r.lower_slope.tolist() == [1.0, 0.0, 1.0, 0.0]
-    p = crown.linear_relaxation("relu", lo, hi, relu_lower="parallel")
-    assert p.lower_slope.tolist() == p.upper_slope.tolist()
-    # tanh on a symmetric interval: odd function, the two lines are mirror images
-    a = torch.tensor([2.5], dtype=torch.float64)
-    r = crown.linear_relaxation("tanh", -a, a)
-    assert torch.allclose(r.lower_slope, r.upper_slope)
-    assert torch.allclose(r.lower_intercept, -r.upper_intercept)
-
-
-def test_relaxation_errors():
-    with pytest.raises(ValueError, match="lower <= upper"):
-        crown.linear_relaxation("sigmoid", torch.tensor([1.0]), torch.tensor([0.0]))
-    with pytest.raises(ValueError, match="same shape"):
-        crown.linear_relaxation("sigmoid", torch.zeros(2), torch.zeros(3))
-    with pytest.raises(ValueError, match="relu_lower"):
-        crown.linear_relaxation("relu", torch.zeros(2), torch.ones(2), relu_lower="zero")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,19 +258,46 @@ def test_bounds_on_cuda(mnist):
 # Training
 # ------------------------------------------------------------------------------------------------
 
+def test_training_progress():
+    spec = TrainSpec(widths=(784, 16, 10), activation="relu", method="crown-ibp", rho=1.58,
+                     epochs=4, batch_size=64, train_subset=640)
+    steps = math.ceil(640 / 64)
+    seq = [training.training_progress(spec, e, s, steps) for e in range(4) for s in range(steps)]
+    assert seq[0] == 0.0 and seq[-1] == 39 / 40 and seq == sorted(seq)
+    assert training.training_progress(spec, 2, 0, steps) == 0.5
+
+
+def test_schedules_ramp_and_progress_checks():
+    assert schedules.ramp(0.0, 0.05, 0.5) == 0.0 and schedules.ramp(0.05, 0.05, 0.5) == 0.0
+    assert math.isclose(schedules.ramp(0.275, 0.05, 0.5), 0.5)
+    assert schedules.ramp(0.5, 0.05, 0.5) == 1.0 and schedules.ramp(3.0, 0.05, 0.5) == 1.0
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="progress must be a finite number >= 0"):
+            schedules.check_progress(bad)
+
+
 def test_crown_ibp_schedule():
     spec = TrainSpec(widths=(784, 16, 10), activation="relu", method="crown-ibp", rho=1.58,
                      epochs=10, batch_size=64, train_subset=640, crown_ibp_final_beta=2.0)
-    assert crown.crown_ibp_schedule(spec, 0, 0) == (0.0, 1.0, 1.0)         # warm-up
-    eps, kappa, beta = crown.crown_ibp_schedule(spec, 9, 9)                   # after the ramp
+    assert crown.crown_ibp_schedule(spec, 0.0) == (0.0, 1.0, 1.0)              # warm-up
+    assert crown.crown_ibp_schedule(spec, crown.WARMUP_FRACTION) == (0.0, 1.0, 1.0)
+    eps, kappa, beta = crown.crown_ibp_schedule(spec, 0.99)                     # after the ramp
     assert (eps, kappa, beta) == (1.58, crown.FINAL_KAPPA, 2.0)
-    values = [crown.crown_ibp_schedule(spec, e, s) for e in range(10) for s in range(10)]
+    mid = (crown.WARMUP_FRACTION + crown.RAMP_END_FRACTION) / 2                  # half-way
+    eps, kappa, beta = crown.crown_ibp_schedule(spec, mid)
+    assert math.isclose(eps, 0.79) and math.isclose(kappa, 0.5) and math.isclose(beta, 1.5)
+    values = [crown.crown_ibp_schedule(spec, training.training_progress(spec, e, s, 10))
+              for e in range(10) for s in range(10)]
     eps_seq = [v[0] for v in values]
     assert eps_seq == sorted(eps_seq) and 0 < eps_seq[30] < 1.58
     cspec = TrainSpec(widths=(784, 16, 10), activation="relu", method="coap", rho=1.58, epochs=10,
                       batch_size=64, train_subset=640)
-    assert coap.coap_schedule(cspec, 0, 0) == coap.START_EPS
-    assert coap.coap_schedule(cspec, 9, 9) == 1.58
+    assert coap.coap_schedule(cspec, 0.0) == coap.START_EPS
+    assert math.isclose(coap.coap_schedule(cspec, coap.RAMP_END_FRACTION / 2),
+                        coap.START_EPS + (1.58 - coap.START_EPS) / 2)
+    assert coap.coap_schedule(cspec, 0.99) == 1.58
+    with pytest.raises(ValueError, match="progress"):
+        crown.crown_ibp_schedule(spec, -1)
 
 
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
@@ -365,14 +308,14 @@ def test_crown_ibp_loss(activation, mnist):
     model = MLP([784, 16, 16, 10], activation)
     spec = TrainSpec(widths=(784, 16, 16, 10), activation=activation, method="crown-ibp", rho=1.58,
                      epochs=1, batch_size=32, train_subset=32 * 10, crown_ibp_final_beta=0.8)
-    loss0, logits = crown.crown_ibp_loss(model, x, y, spec, 0, 0)             # ε = 0: plain CE
+    loss0, logits = crown.crown_ibp_loss(model, x, y, spec, 0.0)               # ε = 0: plain CE
     assert torch.allclose(loss0, F.cross_entropy(model(x), y))
-    loss, _ = crown.crown_ibp_loss(model, x, y, spec, 0, 9)
+    loss, _ = crown.crown_ibp_loss(model, x, y, spec, 0.9)
     assert torch.isfinite(loss) and float(loss.detach()) > float(loss0.detach())
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     # the robust term is CE at the mixed lower bounds
-    eps, kappa, beta = crown.crown_ibp_schedule(spec, 0, 9)
+    eps, kappa, beta = crown.crown_ibp_schedule(spec, 0.9)
     with torch.no_grad():
         ci = crown.margin_lower_bounds(model, x, y, eps, method="crown-ibp")
         ib = crown.margin_lower_bounds(model, x, y, eps, method="ibp")
@@ -387,11 +330,11 @@ def test_coap_loss_trains_the_mlp(mnist):
     model = MLP([784, 16, 10], "relu")
     spec = TrainSpec(widths=(784, 16, 10), activation="relu", method="coap", rho=1.58, epochs=1,
                      batch_size=32, train_subset=32)
-    loss, logits = coap.coap_loss(model, X[:32], Y[:32], spec, 0, 0)
+    loss, logits = coap.coap_loss(model, X[:32], Y[:32], spec, 0.0)
     loss.backward()
     assert model.layers[0].weight.grad is not None and logits.shape == (32, 10)
     with pytest.raises(ValueError, match="ReLU"):
-        coap.coap_loss(MLP([784, 16, 10], "softplus"), X[:4], Y[:4], spec, 0, 0)
+        coap.coap_loss(MLP([784, 16, 10], "softplus"), X[:4], Y[:4], spec, 0.0)
 
 
 def test_training_losses_are_registered():
@@ -467,9 +410,9 @@ def test_evaluate_crown_radius_mode(mnist):
         assert all(d or not r for d, r in zip(direct, radius_says))
         assert m[f"certified_fraction/runner-up/crown/{rho:g}"]["value"] == sum(direct) / len(direct)
     # defaults: CROWN for the baselines and Table 5's smooth nets only
-    assert experiments._default_crown_mode(spec) == "none"
-    assert experiments._default_crown_mode(spec.replace(activation="sigmoid"), ("table5",)) == "radius"
-    assert experiments._default_crown_mode(
+    assert evaluation.default_crown_mode(spec) == "none"
+    assert evaluation.default_crown_mode(spec.replace(activation="sigmoid"), ("table5",)) == "radius"
+    assert evaluation.default_crown_mode(
         spec.replace(method="coap", rho=1.58)) == "at-radii"
     with pytest.raises(ValueError, match="crown_mode"):
         experiments.evaluate(model, spec, "smoke", progress=False, crown_mode="all")
@@ -477,7 +420,7 @@ def test_evaluate_crown_radius_mode(mnist):
 
 def test_list_shows_baselines_as_implemented(tmp_path):
     text = experiments.list_runs("smoke", results_dir=tmp_path)
-    lines = [l for l in text.splitlines() if l.startswith(("crown-ibp", "coap"))]
+    lines = [l for l in text.splitlines() if "-crown-ibp-r" in l or "-coap-r" in l]
     assert len(lines) == 18   # 3 depths × 2 data sets × (CROWN-IBP relu, softplus; COAP relu)
     assert all("not implemented" not in l and "missing" in l for l in lines)
 
@@ -518,5 +461,5 @@ def test_error_messages():
     with pytest.raises(ValueError, match="ReLU"):
         coap.margin_lower_bounds(model, x, y, 0.5)
     relu = MLP([784, 8, 10], "relu")
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be finite and > 0"):
         coap.margin_lower_bounds(relu, x, y, 0.0)

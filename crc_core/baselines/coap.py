@@ -48,7 +48,9 @@ from convex_adversarial import DualNetwork
 from convex_adversarial.dual_inputs import select_input
 from convex_adversarial.dual_layers import DualLayer, DualReLU, select_layer
 
-from . import crown as _crown
+from .. import checks
+from .network import computation_inputs
+from .schedules import check_progress, ramp
 
 Tensor = torch.Tensor
 
@@ -193,14 +195,11 @@ def margin_lower_bounds(model, x: Tensor, y: Tensor, eps, *, dtype: Optional[tor
         ValueError: not ReLU, bad shapes, eps ≤ 0 or not finite.
     """
     _require_relu(model)
-    x, dtype = _crown._check_x(model, x, dtype)
+    x, dtype = computation_inputs(model, x, dtype)
     B = x.shape[0]
-    y = _crown._check_labels(model, y, B, x.device)
-    e = _crown._check_eps(eps, B, x)
-    if bool((e <= 0).any()):
-        raise ValueError(f"eps must be > 0 for COAP, got {eps!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    y = checks.labels(model, y, B, x.device)
+    e = checks.radius(eps, B, x.dtype, x.device, name="eps")
+    batch_size = checks.count(batch_size, "batch_size", minimum=1)
     net = to_sequential(model, None if dtype == next(model.parameters()).dtype else dtype)
     out = []
     for s in range(0, B, int(batch_size)):
@@ -213,31 +212,43 @@ def margin_lower_bound(model, x: Tensor, y: Tensor, t: Tensor, eps, **kwargs) ->
     """COAP's lower bound of f = z_y − z_t over the l2 ball: (B,). Keyword arguments as in
     :func:`margin_lower_bounds`."""
     lb = margin_lower_bounds(model, x, y, eps, **kwargs)
-    t = _crown._check_labels(model, t, lb.shape[0], lb.device, name="t")
+    y, t = checks.margin_labels(model, y, t, batch=lb.shape[0], device=lb.device)
     return lb.gather(1, t[:, None])[:, 0]
 
 
-def coap_schedule(spec, epoch: int, step: int) -> float:
-    """ε of COAP training at a step: linear from :data:`START_EPS` to ρ over the first
-    :data:`RAMP_END_FRACTION` of the steps, then ρ."""
-    p = _crown.training_progress(spec, epoch, step)
-    r = min(1.0, p / RAMP_END_FRACTION)
+def coap_schedule(spec, progress: float) -> float:
+    """ε of COAP training at a point of training: linear from :data:`START_EPS` to ρ over the
+    first :data:`RAMP_END_FRACTION` of the steps, then ρ.
+
+    .. math::
+        ε = ε_0 + \\min(1, p / p_{\\text{ramp}}) (ρ - ε_0), \\qquad ε_0 = \\min(\\texttt{START\\_EPS}, ρ)
+
+    Args:
+        spec: the run's TrainSpec (``rho``).
+        progress: p, the fraction of the training steps done before this one, ≥ 0
+            (:func:`crc_core.training.training_progress`).
+
+    Raises:
+        ValueError: progress negative or not a finite number.
+    """
+    r = ramp(check_progress(progress), 0.0, RAMP_END_FRACTION)
     start = min(START_EPS, float(spec.rho))
     return start + r * (float(spec.rho) - start)
 
 
-def coap_loss(model, x: Tensor, y: Tensor, spec, epoch: int, step: int) -> Tuple[Tensor, Tensor]:
+def coap_loss(model, x: Tensor, y: Tensor, spec, progress: float) -> Tuple[Tensor, Tensor]:
     """The COAP training loss of one batch: CE(−J(x, ε), y), Wong et al. 2018 (robust loss only).
 
     Args:
         model: a ReLU MLP being trained; x: (B, D); y: (B,).
-        spec: the run's TrainSpec; epoch, step: 0-based position (for :func:`coap_schedule`).
+        spec: the run's TrainSpec; progress: the fraction of the training steps done (for
+            :func:`coap_schedule`).
 
     Returns:
         (loss scalar, clean logits (B, C) detached).
     """
     _require_relu(model)
-    eps = coap_schedule(spec, epoch, step)
+    eps = coap_schedule(spec, progress)
     net = to_sequential(model)
     xb = model.check_input(x)
     if model.num_layers >= 3:
