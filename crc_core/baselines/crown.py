@@ -57,7 +57,7 @@ from .crown_ibp import (FINAL_KAPPA, RAMP_END_FRACTION, WARMUP_FRACTION, crown_i
                         crown_ibp_schedule, robust_cross_entropy)
 from .ibp import hidden_intervals, ibp_bounds
 from .network import affine_layers, computation_inputs, margin_matrix
-from .relaxations import RELU_LOWER, TANGENT_BISECTION_STEPS, Relaxation, linear_relaxation
+from .relaxations import RELU_LOWER, Relaxation, linear_relaxation, tangent_bisection_steps
 
 Tensor = torch.Tensor
 
@@ -65,7 +65,7 @@ __all__ = [
     "METHODS", "SEARCHES", "CrownCertificate", "preactivation_bounds", "spec_lower_bound",
     "margin_lower_bounds", "margin_lower_bound", "certify",
     # re-exported from the modules this one is built on
-    "Relaxation", "linear_relaxation", "RELU_LOWER", "TANGENT_BISECTION_STEPS", "ibp_bounds",
+    "Relaxation", "linear_relaxation", "RELU_LOWER", "tangent_bisection_steps", "ibp_bounds",
     "margin_matrix", "crown_ibp_schedule", "crown_ibp_loss", "robust_cross_entropy",
     "WARMUP_FRACTION", "RAMP_END_FRACTION", "FINAL_KAPPA",
 ]
