@@ -12,7 +12,8 @@ Printed:
   ``--layers``-layer sigmoid net of width ``--width`` (default 2 × 1024), float32 and float64;
   the same with plain bisection for comparison. One evaluation of the 2-layer bound is a
   back-substitution of the C − 1 margin rows; for L ≥ 3 the hidden layers' CROWN intervals
-  (rows ±I per neuron) dominate.
+  (rows ±I per neuron) dominate, and the default bound back-substitutes the margins twice
+  (through CROWN's own intervals and through their intersection with IBP's).
 - **Training steps** on one MNIST batch (``--batch``, default 128), same process, same batch,
   same network per depth: a plain cross-entropy step (forward, backward, Adam), a CROWN-IBP step
   at the end of its ramp (ε = ρ, κ = 0, β = 1: IBP + CROWN back-substitution of the margins,

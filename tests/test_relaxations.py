@@ -285,6 +285,11 @@ def test_crown_bound_is_sound_and_as_tight_as_the_reference_rules(activation, wi
                     assert ours <= exact + 1e-12, ("unsound", seed, x, t, eps, ours, exact)
                     assert ours >= reference - 1e-9, ("looser than CROWN", seed, x, t, eps,
                                                       ours, reference)
+                    # with the IBP intersection (the default) never looser still
+                    default = float(crown.margin_lower_bound(
+                        model, x[None], torch.tensor([y]), torch.tensor([t]), eps,
+                        dtype=torch.float64).detach())
+                    assert exact + 1e-12 >= default >= ours - 1e-12
                     compared += 1
                     gaps.append(exact - ours)
     assert compared >= 16

@@ -16,9 +16,10 @@ in particular of the margins :math:`f_t = z_y - z_t` (rows :math:`e_y - e_t`). T
   [l, u] is enclosed by two lines :math:`α_L z + β_L \\le σ(z) \\le α_U z + β_U`
   (:mod:`.relaxations`), and :math:`Λ z^{(m)}` is bounded by back-substitution to the input
   (:mod:`.back_substitution`). The intervals of every hidden layer come from CROWN itself,
-  layer by layer (rows ±I). By default they are intersected with the IBP intervals and the
-  final bound is the larger of CROWN's and IBP's (``intersect_ibp=True``): both are sound, so
-  this is too, and it is never looser than either.
+  layer by layer (rows ±I): with ``intersect_ibp=False`` this is the authors' CROWN. By
+  default (``intersect_ibp=True``) the bound is the largest of three sound bounds: that one,
+  CROWN again on hidden intervals intersected with IBP's, and IBP's — never looser than any of
+  them (intersecting alone is not: narrower intervals can give looser relaxations).
 - ``"crown-ibp"`` — CROWN-IBP (Zhang et al. 2019): IBP intervals for the hidden layers, CROWN
   back-substitution for the specification only. Cheap enough for training (:mod:`.crown_ibp`).
 
@@ -125,7 +126,8 @@ def spec_lower_bound(model, x: Tensor, eps, spec: Tensor, *, method: str = "crow
         spec: S, (R, C) shared or (B, R, C) per input.
         method: ``"crown"`` (default), ``"crown-ibp"`` or ``"ibp"`` (module docstring).
         dtype: computation dtype (default: the model's parameters').
-        intersect_ibp: ``"crown"`` only: intersect with IBP (default True; see the module docstring).
+        intersect_ibp: ``"crown"`` only: also bound with IBP-intersected intervals and with
+            IBP, and return the largest bound (default True; see the module docstring).
         relu_lower: lower line of unstable ReLUs, ``"adaptive"`` (CROWN, default) or
             ``"parallel"`` (Fast-Lin; with ``intersect_ibp=False`` this is exactly the Wong &
             Kolter dual bound, :mod:`crc_core.baselines.coap`).
