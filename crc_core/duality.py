@@ -120,9 +120,10 @@ class Certificate:
         paper_counted: (B,) bool, the authors' rule ‖η∇f(x) + (x − x0)‖ < 1e-5.
         misclassified: (B,) bool, argmax z ≠ y at x0 (radius 0, nothing solved).
         m, M: (B,) float64 curvature bounds used for the reported certificate: with
-            ``bounds="global"`` exactly :func:`curvature.global_bounds` ``(model, y, target)``
-            (rigorous), with a pair of tables their entries [y, target], with ``"local"`` the
-            local bounds of the ball that gave the radius (the global ones if none did better).
+            ``bounds="global"`` those of :func:`curvature.global_bounds` for (y, target)
+            (rigorous; one call computes every pair the certification solves), with a pair of
+            tables their entries [y, target], with ``"local"`` the local bounds of the ball
+            that gave the radius (the global ones if none did better).
         grad_evals: int, total gradient evaluations (one (input, target) gradient each).
         bounds: ``"global"``, ``"local"`` or ``"given"``.
         radius_per_target: (B, C) for ``targets="all"``, else None: inf at y; for every
@@ -254,23 +255,61 @@ def certify(model, x: Tensor, y: Tensor, targets: Union[str, Tensor] = "runner-u
     x, y, B = _prepare(model, x, y)
     C = model.num_classes
     word = _bounds_word(bounds, ("global", "local"), "certify")
-    tables = None if word else checks.bounds(bounds, allowed=(), classes=C, device=x.device)
+    given = None if word else checks.bounds(bounds, allowed=(), classes=C, device=x.device)
     targets = checks.targets(model, y, targets, allowed=("runner-up", "all"))
     batch_size = checks.count(batch_size, "batch_size", 1)
-    solver = PairSolver(model, _float64_model(model, x.device), word or "given", tables,
+    model64 = _float64_model(model, x.device)
+    x64 = x.detach().to(torch.float64)
+    chunks = [slice(i, min(i + batch_size, B)) for i in range(0, B, batch_size)] or [slice(0, 0)]
+    with torch.no_grad():
+        logits = [model64(x64[sl]) if sl.stop > sl.start else torch.zeros(0, C, dtype=x64.dtype,
+                                                                          device=x.device)
+                  for sl in chunks]
+    tables = given if given is not None else _rigorous_tables(model, y, torch.cat(logits), targets)
+    solver = PairSolver(model, model64, word or "given", tables,
                         max_evals=checks.count(max_evals, "max_evals", 1), tol=float(tol),
                         local_steps=checks.count(local_steps, "local_steps", 0))
     lipschitz = _lipschitz_scale(model) if isinstance(targets, str) and targets == "all" else None
-    x64 = x.detach().to(torch.float64)
-    chunks = [slice(i, min(i + batch_size, B)) for i in range(0, B, batch_size)] or [slice(0, 0)]
-    iterator = chunks
+    iterator = range(len(chunks))
     if progress or (progress is None and len(chunks) > 1):
         from tqdm.auto import tqdm
-        iterator = tqdm(chunks, desc="certify", unit="batch")
-    parts = [_certify_chunk(solver, x64[sl], y[sl],
-                            targets if isinstance(targets, str) else targets[sl], lipschitz)
-             for sl in iterator]
+        iterator = tqdm(iterator, desc="certify", unit="batch")
+    parts = [_certify_chunk(solver, x64[chunks[i]], y[chunks[i]], logits[i],
+                            targets if isinstance(targets, str) else targets[chunks[i]], lipschitz)
+             for i in iterator]
     return parts[0] if len(parts) == 1 else _concatenate(parts)
+
+
+def _rigorous_tables(model, y: Tensor, logits: Tensor, targets) -> Tuple[Tensor, Tensor]:
+    """The rigorous global bounds of the pairs a certification will solve, as (C, C) tables.
+
+    The pairs (y, t) of the correctly classified inputs: t the runner-up, the given target, or
+    every t ≠ y for ``targets="all"``. One call of :func:`curvature.global_bounds` computes each
+    distinct pair once; the other entries are NaN (never read).
+
+    Args:
+        model: the caller's model. y: (B,) labels. logits: (B, C) float64 logits at x.
+        targets: ``"runner-up"``, ``"all"`` or (B,) targets.
+
+    Returns:
+        ``(m, M)``, (C, C) float64 on the logits' device.
+    """
+    C = logits.shape[1]
+    ok = logits.argmax(1) == y
+    if isinstance(targets, str) and targets == "all":
+        labels = torch.unique(y[ok])
+        ys = labels.repeat_interleave(C)
+        ts = torch.arange(C, device=y.device).repeat(labels.numel())
+        ys, ts = ys[ys != ts], ts[ys != ts]
+    else:
+        ys = y[ok]
+        ts = checks.runner_up(logits[ok], ys) if isinstance(targets, str) else targets[ok]
+    m_tab = torch.full((C, C), float("nan"), dtype=torch.float64, device=logits.device)
+    M_tab = m_tab.clone()
+    if ys.numel():
+        m, M = curvature.global_bounds(model, ys, ts)
+        m_tab[ys, ts], M_tab[ys, ts] = m.to(m_tab), M.to(M_tab)
+    return m_tab, M_tab
 
 
 def _concatenate(parts) -> Certificate:
@@ -289,15 +328,14 @@ def _concatenate(parts) -> Certificate:
     return Certificate(**fields)
 
 
-def _certify_chunk(solver: PairSolver, x0: Tensor, y: Tensor, targets,
+def _certify_chunk(solver: PairSolver, x0: Tensor, y: Tensor, logits: Tensor, targets,
                    lipschitz: Optional[float]) -> Certificate:
-    """One chunk of :func:`certify`: x0 (B, D) float64, y (B,), targets a word or (B,);
-    ``lipschitz`` the scale of :func:`_lipschitz_scale` for ``targets="all"``."""
+    """One chunk of :func:`certify`: x0 (B, D) float64, y (B,), its float64 logits (B, C),
+    targets a word or (B,); ``lipschitz`` the scale of :func:`_lipschitz_scale` for
+    ``targets="all"``."""
     B, D = x0.shape
     C = solver.model64.num_classes
     dev = x0.device
-    with torch.no_grad():
-        logits = solver.model64(x0) if B else torch.zeros(0, C, dtype=x0.dtype, device=dev)
     pred = logits.argmax(1)
     mis = pred != y
     # defaults for misclassified inputs: nothing is solved

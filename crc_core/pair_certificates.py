@@ -2,21 +2,22 @@
 
 :mod:`crc_core.dual_solvers` solves the certificate dual for any margin function;
 this module supplies a network's margin (:func:`margin_function`) and the curvature bounds
-m ≤ λ(∇²f) ≤ M of each pair (y, t), from one of three sources:
+m ≤ λ(∇²f) ≤ M of each pair (y, t): (C, C) tables indexed [y, t], computed once per
+certification and passed on, either
 
-- ``"global"``: :func:`curvature.global_bounds`, rigorous for every x (Theorems 3 and 4);
-- ``"given"``: (C, C) tables indexed [y, t] that the caller guarantees;
+- ``"global"``: rigorous for every x (:func:`curvature.global_bounds`, Theorems 3 and 4), or
+- ``"given"``: tables that the caller guarantees;
 - ``"local"``: the global certificate first, then bounds valid on balls B(x^(0), R) around it
   (:func:`curvature.local_bounds`, Table 6): min(r_R, R) is certified for every R, and the
   largest value over a few balls is kept, never below the global one.
 
 A :class:`PairSolver` holds what every pair solve of one :func:`crc_core.duality.certify` call
-shares (the model and its float64 copy, the source of bounds, the solver settings) as explicit,
+shares (the model and its float64 copy, the bound tables, the solver settings) as explicit,
 immutable fields; :meth:`PairSolver.solve` returns :class:`PairCertificates`.
 
 Example:
     >>> model = MLP([10, 16, 3], "softplus").double()
-    >>> solver = PairSolver(model, model, "global")
+    >>> solver = PairSolver(model, model, "global", curvature.all_pair_bounds(model))
     >>> x0, y, t = torch.rand(2, 10, dtype=torch.float64), torch.tensor([0, 1]), torch.tensor([1, 2])
     >>> f0, g0 = margin_function(model, y, t)(x0, torch.arange(2))
     >>> pairs = solver.solve(x0, y, t, (f0, g0))
@@ -110,10 +111,12 @@ class PairSolver:
     """The shared settings of the pair solves of one certification.
 
     Attributes:
-        model: the caller's :class:`~crc_core.models.MLP` (curvature bounds are computed on it).
+        model: the caller's :class:`~crc_core.models.MLP` (local bounds are computed on it).
         model64: its float64 copy on the inputs' device (margins and gradients).
         bounds: one of :data:`BOUND_SOURCES`.
-        tables: ``(m, M)`` (C, C) float64 tables for ``bounds="given"``, else None.
+        tables: ``(m, M)``, (C, C) float64 tables indexed [y, t] on the inputs' device: the
+            rigorous global bounds (``"global"``, ``"local"``; only the pairs that will be
+            solved need to be filled) or the caller's (``"given"``).
         max_evals: gradient evaluations per pair and solve at most (default 100).
         tol: solver tolerance (default 1e-6), see :func:`~crc_core.dual_solvers.solve_certificate`.
         local_steps: balls tried with ``bounds="local"`` (default 3).
@@ -122,7 +125,7 @@ class PairSolver:
     model: torch.nn.Module
     model64: torch.nn.Module
     bounds: str
-    tables: Optional[Tuple[Tensor, Tensor]] = None
+    tables: Tuple[Tensor, Tensor]
     max_evals: int = 100
     tol: float = 1e-6
     local_steps: int = 3
@@ -130,20 +133,10 @@ class PairSolver:
     def __post_init__(self):
         if self.bounds not in BOUND_SOURCES:
             raise ValueError(f"bounds={self.bounds!r} is invalid: expected one of {list(BOUND_SOURCES)}")
-        if (self.bounds == "given") != (self.tables is not None):
-            raise ValueError("tables are given exactly when bounds='given'")
 
     def curvature(self, y: Tensor, t: Tensor, like: Tensor) -> Tuple[Tensor, Tensor]:
-        """Global (m, M) of the pairs (y, t), each (k,) in ``like``'s dtype and device.
-
-        The given tables, or the rigorous :func:`curvature.global_bounds` (also the start of
-        ``"local"``).
-        """
-        if self.bounds == "given":
-            m, M = self.tables[0][y, t], self.tables[1][y, t]
-        else:
-            m, M = curvature.global_bounds(self.model, y, t)
-        return m.to(like), M.to(like)
+        """Global (m, M) of the pairs (y, t) from the tables, each (k,) like ``like``."""
+        return self.tables[0][y, t].to(like), self.tables[1][y, t].to(like)
 
     def solve(self, x0: Tensor, y: Tensor, t: Tensor, first: Tuple[Tensor, Tensor],
               stop_radius: Optional[Tensor] = None) -> PairCertificates:
@@ -192,7 +185,8 @@ class PairSolver:
             if rows.numel() == 0:
                 break
             R = r_g[rows] * (1 + s[rows])
-            mR, MR = curvature.local_bounds(self.model, x0[rows].to(device), y[rows], t[rows], R)
+            mR, MR = curvature.local_bounds(self.model, x0[rows].to(device), y[rows], t[rows], R,
+                                            global_pair_bounds=(pairs.m[rows], pairs.M[rows]))
             mR, MR = mR.to(x0), MR.to(x0)
             loc = solve_certificate(_fn_rows(fn, rows), x0[rows], mR, MR, max_evals=self.max_evals,
                                     tol=self.tol, ball=R, x_start=best.x[rows])
