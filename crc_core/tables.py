@@ -1,0 +1,376 @@
+"""The paper's tables and Figure 1 from the results store: what the notebooks and the book call.
+
+Each notebook is a handful of calls::
+
+    status = tables.ensure_runs("table3", preset, train_missing=True)   # train what is missing
+    frame = tables.paper_table("table3", preset)                        # ours beside the paper's
+    tables.write_csv(frame, "table3", preset)                           # results/tables/<preset>/
+
+:func:`long_table` gives one row per (run, quantity): ours with n and a 95% interval, the
+paper's number where it reports one, the difference, and the run's status (a missing run is
+shown as missing, never as a number). :func:`paper_table` pivots it into the paper's shape
+(one row per network, a column group per quantity). :func:`figure1_frame` and
+:func:`per_image_frame` are tidy frames for the figures; :func:`crc_core.store.load_network`
+loads a trained network by run name.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import store
+from .reference import paper_records
+from .runs import PRESETS, TABLES, Preset, Run, format_radius, get_preset, runs_for_table
+
+__all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
+           "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
+           "radii_frame", "provenance_frame"]
+
+#: Shown beside every table made at the ``smoke`` preset.
+SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, small subsets — "
+                 "a check that everything runs, NOT comparable with the paper")
+
+#: Measured minutes per training epoch at preset ``cpu`` (batch 128, one torch thread on a shared
+#: 2-core machine), by (method, L): the basis of :func:`estimate_minutes`. The last column is
+#: the evaluation (whole-test-set certificates, the subset, PGD, the audit), minutes per run.
+_CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
+    ("standard", 2): 0.15, ("standard", 3): 0.3, ("standard", 4): 0.5,
+    ("curvature", 2): 0.2, ("curvature", 3): 0.4, ("curvature", 4): 0.7,
+    ("crt", 2): 1.5, ("crt", 3): 5.4, ("crt", 4): 7.6,
+    ("pgd", 2): 1.8, ("pgd", 3): 3.8, ("pgd", 4): 6.0,
+    ("crown-ibp", 2): 2.0, ("crown-ibp", 3): 3.5, ("crown-ibp", 4): 6.0,
+    ("coap", 2): 2.0, ("coap", 3): 25.0, ("coap", 4): 63.0,
+}
+_CPU_EVAL_MINUTES = {2: 8.0, 3: 15.0, 4: 25.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# What each table shows
+# ------------------------------------------------------------------------------------------------
+
+def _own(run: Run) -> str:
+    """The certificate a run is judged by: CRC (global bounds) for smooth nets trained by the
+    paper's methods, CROWN for CROWN-IBP nets, the COAP dual for COAP nets."""
+    return {"crown-ibp": "crown", "coap": "coap"}.get(run.method, "global")
+
+
+def _q(label: str, metric: str, group: str = "") -> Dict[str, str]:
+    return {"quantity": label, "metric": metric, "group": group}
+
+
+def _quantities(table: str, run: Run) -> List[Dict[str, str]]:
+    """(label, metric key) of every number a table shows for a run, in column order."""
+    own = _own(run)
+    if table == "table2":
+        return [_q("accuracy", "clean_accuracy"),
+                _q("attack success (ρ = 0.5)", "attack_success/runner-up/0.5"),
+                _q("certificate success", "certificate_success/runner-up/global"),
+                _q("certified accuracy, test set, all classes (ρ = 0.5)",
+                   "certified_accuracy/all-classes/global/0.5", "beyond the paper")]
+    if table in ("table3", "table4"):
+        out = [_q("standard accuracy", "clean_accuracy")]
+        for rho in (1.58, 0.5):
+            r = format_radius(rho)
+            out += [_q(f"certified robust accuracy (ρ = {r}), runner-up",
+                       f"certified_fraction/runner-up/{own}/{r}", f"ρ = {r}"),
+                    _q(f"certified (ρ = {r}), sound all classes",
+                       f"certified_fraction/all-classes/{own}/{r}", f"ρ = {r}"),
+                    _q(f"certified accuracy, test set, all classes (ρ = {r})",
+                       f"certified_accuracy/all-classes/{own}/{r}", f"ρ = {r}"),
+                    _q(f"certified accuracy, test set, runner-up (ρ = {r})",
+                       f"certified_accuracy/runner-up/{own}/{r}", f"ρ = {r}"),
+                    _q(f"PGD-robust (ρ = {r}, untargeted)",
+                       f"robust_fraction_pgd/untargeted/{r}", f"ρ = {r}")]
+        return out
+    if table == "table5":
+        return [_q("standard accuracy", "clean_accuracy"),
+                _q("certified robust accuracy (ρ = 0.5)", "certified_fraction/runner-up/global/0.5"),
+                _q("mean certificate, CROWN-general", "mean_certificate/runner-up/crown"),
+                _q("mean certificate, CRC", "mean_certificate/runner-up/global"),
+                _q("certified accuracy, test set, all classes (ρ = 0.5)",
+                   "certified_accuracy/all-classes/global/0.5", "beyond the paper")]
+    if table == "table6":
+        return [_q("mean CRC, global bounds", "mean_certificate/runner-up/global"),
+                _q("mean CRC, local bounds", "mean_certificate/runner-up/local"),
+                _q("certified accuracy (ρ = 0.5), global bounds",
+                   "certified_fraction/runner-up/global/0.5"),
+                _q("certified accuracy (ρ = 0.5), local bounds",
+                   "certified_fraction/runner-up/local/0.5")]
+    if table == "figure1":
+        return [_q("K_ub (Theorem 4)", "K_ub"), _q("K_lb (largest Hessian eigenvalue)", "K_lb"),
+                _q("standard accuracy", "clean_accuracy")]
+    raise ValueError(f"unknown table {table!r}; expected one of {list(TABLES)}")
+
+
+def _network(run: Run) -> str:
+    spec = run.spec
+    return f"{spec.depth}×{spec.widths[1]} {spec.activation}"
+
+
+def _training(run: Run) -> str:
+    spec = run.spec
+    label = {"standard": "standard", "curvature": "γ-regularized", "crt": "CRT", "pgd": "PGD",
+             "crown-ibp": "CROWN-IBP", "coap": "COAP"}[spec.method]
+    if spec.method in ("curvature", "crt"):
+        label += f", γ = {spec.gamma:g}"
+    return label
+
+
+# ------------------------------------------------------------------------------------------------
+# Ensuring the runs
+# ------------------------------------------------------------------------------------------------
+
+def estimate_minutes(run: Run, preset: str | Preset = "cpu") -> float:
+    """A rough estimate of the minutes to train and evaluate ``run`` at ``preset`` on 2 CPU cores,
+    from measured costs (one torch thread; ``smoke``: about a quarter of a minute a run;
+    ``paper``: the cpu cost per epoch scaled by the epochs, batch and attack, on a CPU)."""
+    preset = get_preset(preset)
+    spec = preset.apply(run.spec)
+    if preset.name == "smoke":
+        return 0.25
+    per_epoch = _CPU_MINUTES_PER_EPOCH[(spec.method, spec.depth)]
+    if spec.method == "crt" and spec.attack_schedule == "authors":
+        per_epoch *= 6.5          # 301 vs 11 gradients per batch, at batch 64 (facts.md)
+    evaluation = _CPU_EVAL_MINUTES[spec.depth]
+    return spec.epochs * per_epoch + evaluation
+
+
+def ensure_runs(table: str, preset: str | Preset = "cpu", *, train_missing: bool = True,
+                force: bool = False, results_dir: Optional[os.PathLike] = None,
+                runs_dir: Optional[os.PathLike] = None, progress: bool = True):
+    """Make sure the runs of ``table`` are in the results store at ``preset``.
+
+    Stored runs are kept (unless ``force``: then every run is retrained and re-evaluated). With
+    ``train_missing`` the missing runs are trained and evaluated one after the other
+    (resumable: an interrupted run continues from ``runs/``), after printing an estimate of the
+    time it will take; without it, they are listed as missing.
+
+    Returns:
+        A DataFrame, one row per run: ``run``, ``network``, ``training``, ``status``
+        (``stored``, ``trained now`` or ``missing``), ``estimate_min``, ``minutes`` (spent now).
+    """
+    import pandas as pd
+
+    preset = get_preset(preset)
+    runs = runs_for_table(table)
+    todo = [run for run in runs
+            if force or not store.results_path(run.name, preset, results_dir).is_file()]
+    if todo and train_missing:
+        total = sum(estimate_minutes(run, preset) for run in todo)
+        print(f"{table} at preset {preset.name}: {len(runs) - len(todo)} of {len(runs)} runs stored; "
+              f"training {len(todo)} ({'retraining all' if force else 'the missing ones'}), "
+              f"estimated {total:.0f} min on 2 CPU cores", file=sys.stderr, flush=True)
+    rows = []
+    for i, run in enumerate(runs):
+        stored = store.results_path(run.name, preset, results_dir).is_file()
+        row = {"run": run.name, "network": _network(run), "training": _training(run),
+               "estimate_min": round(estimate_minutes(run, preset), 1), "minutes": 0.0}
+        if run in todo and train_missing:
+            if progress:
+                print(f"[{todo.index(run) + 1}/{len(todo)}] {run.name}", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            store.run_experiment(run.name, preset, force=force, results_dir=results_dir,
+                                 runs_dir=runs_dir, progress=progress)
+            row["minutes"] = round((time.perf_counter() - start) / 60, 2)
+            row["status"] = "trained now"
+        else:
+            row["status"] = "stored" if stored else "missing"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tables
+# ------------------------------------------------------------------------------------------------
+
+def long_table(table: str, preset: str | Preset = "cpu", *,
+               results_dir: Optional[os.PathLike] = None):
+    """One row per (run, quantity) of ``table``: ours beside the paper's.
+
+    Columns: ``table``, ``run``, ``network``, ``training``, ``group`` (the ρ of a column group,
+    or "beyond the paper"), ``quantity``, ``metric`` (the results key), ``status`` (``stored`` /
+    ``missing``), ``ours`` (NaN when missing or not applicable), ``lo``, ``hi`` (95% Wilson
+    interval of a proportion), ``n``, ``paper`` (NaN where the paper reports nothing),
+    ``difference`` (ours − paper), ``preset``. Proportions are fractions; radii and K as they
+    are.
+    """
+    import pandas as pd
+
+    preset = get_preset(preset)
+    reference = {(r["run"], r["metric"]): r["value"] for r in paper_records() if r["table"] == table}
+    rows: List[Dict[str, Any]] = []
+    for run in runs_for_table(table):
+        path = store.results_path(run.name, preset, results_dir)
+        metrics = store.load_result(path)["metrics"] if path.is_file() else None
+        for q in _quantities(table, run):
+            value = metrics.get(q["metric"]) if metrics is not None else None
+            ours = lo = hi = n = math.nan
+            if isinstance(value, dict):
+                ours, (lo, hi), n = value["value"], value["ci95"], value["n"]
+            elif isinstance(value, (int, float)):
+                ours = float(value)
+            paper = reference.get((run.name, q["metric"]), math.nan)
+            rows.append({"table": table, "run": run.name, "network": _network(run),
+                         "training": _training(run), "group": q["group"],
+                         "quantity": q["quantity"], "metric": q["metric"],
+                         "status": "stored" if metrics is not None else "missing",
+                         "ours": ours, "lo": lo, "hi": hi, "n": n, "paper": paper,
+                         "difference": ours - paper, "preset": preset.name})
+    return pd.DataFrame(rows)
+
+
+def paper_table(table: str, preset: str | Preset = "cpu", *,
+                results_dir: Optional[os.PathLike] = None):
+    """``table`` in the paper's shape: one row per network and training, a column group per
+    quantity with ``ours``, ``95% CI``, ``n``, ``paper`` and ``Δ`` (percent points for
+    proportions). Missing runs show "missing" in ``ours``; at the ``smoke`` preset a first row
+    carries :data:`SMOKE_WARNING`."""
+    import pandas as pd
+
+    long = long_table(table, preset, results_dir=results_dir)
+    percent = ~long["metric"].str.startswith(("mean_certificate", "K_"))
+    scale = percent.map({True: 100.0, False: 1.0})
+
+    def fmt(x, digits):
+        return "" if pd.isna(x) else f"{x:.{digits}f}"
+
+    cells = pd.DataFrame({
+        "network": long["network"], "training": long["training"], "quantity": long["quantity"],
+        "ours": [("missing" if st == "missing" else (fmt(v * s, 2 if s > 1 else 3) or "—"))
+                 for v, s, st in zip(long["ours"], scale, long["status"])],
+        "95% CI": [("" if pd.isna(lo) else f"{lo * s:.1f}–{hi * s:.1f}")
+                   for lo, hi, s in zip(long["lo"], long["hi"], scale)],
+        "n": ["" if pd.isna(n) else f"{int(n)}" for n in long["n"]],
+        "paper": [fmt(p * s, 2 if s > 1 else 3) for p, s in zip(long["paper"], scale)],
+        "Δ": [fmt(d * s, 2 if s > 1 else 3) for d, s in zip(long["difference"], scale)],
+    })
+    order = list(dict.fromkeys(long["quantity"]))
+    wide = cells.pivot_table(index=["network", "training"], columns="quantity",
+                             values=["ours", "95% CI", "n", "paper", "Δ"], aggfunc="first",
+                             sort=False)
+    wide = wide.swaplevel(0, 1, axis=1)
+    wide = wide.reindex(columns=pd.MultiIndex.from_product(
+        [order, ["ours", "95% CI", "n", "paper", "Δ"]]))
+    wide = wide.loc[:, [c for c in wide.columns if not wide[c].isna().all()]].fillna("")
+    if get_preset(preset).name == "smoke":
+        warning = pd.DataFrame([[""] * wide.shape[1]], columns=wide.columns,
+                               index=pd.MultiIndex.from_tuples([("⚠ " + SMOKE_WARNING, "")],
+                                                               names=wide.index.names))
+        wide = pd.concat([warning, wide])
+    return wide
+
+
+def tables_root(results_dir: Optional[os.PathLike] = None) -> Path:
+    """``<results root>/tables``: where :func:`write_csv` puts the CSV files."""
+    return store.results_root(results_dir) / "tables"
+
+
+def write_csv(frame, table: str, preset: str | Preset = "cpu", *,
+              results_dir: Optional[os.PathLike] = None) -> Path:
+    """Write ``frame`` to ``results/tables/<preset>/<table>.csv`` (atomically); returns the path.
+    A :func:`paper_table` frame is written as its :func:`long_table` (one row per number)."""
+    from .training import _atomic_write_bytes_via
+
+    preset = get_preset(preset)
+    if getattr(frame.columns, "nlevels", 1) > 1:
+        frame = long_table(table, preset, results_dir=results_dir)
+    path = tables_root(results_dir) / preset.name / f"{table}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = frame.to_csv(index=False)
+    _atomic_write_bytes_via(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Tidy frames for the figures
+# ------------------------------------------------------------------------------------------------
+
+def figure1_frame(preset: str | Preset = "cpu", *, results_dir: Optional[os.PathLike] = None):
+    """Figure 1: one row per (run, (y, t) pair): ``run``, ``depth``, ``gamma``, ``method``
+    (``standard`` / ``curvature`` / ``pgd``), ``y``, ``t``, ``K_ub``, ``K_lb``. Missing runs have
+    no rows (the status frame of :func:`ensure_runs` lists them)."""
+    import pandas as pd
+
+    rows = []
+    for run in runs_for_table("figure1"):
+        path = store.results_path(run.name, preset, results_dir)
+        if not path.is_file():
+            continue
+        pairs = store.load_result(path).get("curvature_pairs") or {}
+        for y, t, ub, lb in zip(pairs.get("y", []), pairs.get("t", []), pairs.get("K_ub", []),
+                                pairs.get("K_lb", [])):
+            rows.append({"run": run.name, "depth": run.spec.depth, "gamma": run.spec.gamma,
+                         "method": run.method, "y": y, "t": t, "K_ub": ub, "K_lb": lb})
+    return pd.DataFrame(rows, columns=["run", "depth", "gamma", "method", "y", "t", "K_ub", "K_lb"])
+
+
+def per_image_frame(name: str, preset: str | Preset = "cpu", which: str = "subset", *,
+                    results_dir: Optional[os.PathLike] = None):
+    """The per-image table of a stored run as a DataFrame, one row per image: ``which="subset"``
+    (the evaluation subset; column ``index`` into the test set) or ``"test"`` (every test image
+    evaluated; ``index`` added)."""
+    import pandas as pd
+
+    if which not in ("subset", "test"):
+        raise ValueError(f"which={which!r} is invalid: expected 'subset' or 'test'")
+    path = store.results_path(name, preset, results_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no stored results for run {name!r} at preset "
+                                f"{get_preset(preset).name!r} ({path})")
+    result = store.load_result(path)
+    columns = result["per_image"] if which == "subset" else result["per_test_image"]
+    frame = pd.DataFrame(columns)
+    if which == "test":
+        frame.insert(0, "index", range(len(frame)))
+    return frame
+
+
+def radii_frame(table: str, preset: str | Preset = "cpu", *, which: str = "test",
+                results_dir: Optional[os.PathLike] = None):
+    """The sound CRC radii of a table's stored smooth runs, tidy: one row per (run, image,
+    targets) with ``run``, ``network``, ``training``, ``targets`` (``runner-up`` /
+    ``all-classes``), ``radius``; over the whole test set (``which="test"``, 0 for misclassified
+    images) or the evaluation subset (``"subset"``). For certificate histograms."""
+    import pandas as pd
+
+    parts = []
+    for run in runs_for_table(table):
+        if not store.results_path(run.name, preset, results_dir).is_file():
+            continue
+        frame = per_image_frame(run.name, preset, which, results_dir=results_dir)
+        for targets in ("runner-up", "all-classes"):
+            column = f"radius/{targets}/global"
+            if column in frame:
+                parts.append(pd.DataFrame({"run": run.name, "network": _network(run),
+                                           "training": _training(run), "targets": targets,
+                                           "radius": frame[column].astype(float)}))
+    if not parts:
+        return pd.DataFrame(columns=["run", "network", "training", "targets", "radius"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def provenance_frame(preset: str | Preset = "cpu", *, results_dir: Optional[os.PathLike] = None):
+    """Where each stored number comes from: one row per stored run with ``run``, ``tables``,
+    ``epochs``, ``train_cpu_min`` (wall minutes where CPU time was not recorded),
+    ``eval_min``, ``git_commit``, ``date``, ``device``, ``threads``, ``audit_violations``,
+    ``audit_pairs``."""
+    import pandas as pd
+
+    rows = []
+    folder = store.results_root(results_dir) / get_preset(preset).name
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        res = store.load_result(path)
+        prov, audit = res["provenance"], res.get("audit") or {}
+        cpu = prov.get("train_cpu_seconds")
+        rows.append({"run": res["name"], "tables": ", ".join(res["tables"]),
+                     "epochs": res["spec"]["epochs"],
+                     "train_cpu_min": round((cpu if cpu is not None else prov["train_seconds"]) / 60, 1),
+                     "eval_min": round(prov["eval_seconds"] / 60, 1),
+                     "git_commit": (prov.get("git_commit") or "")[:10], "date": prov["date"][:10],
+                     "device": prov["device"], "threads": prov["threads"],
+                     "audit_violations": audit.get("violations"), "audit_pairs": audit.get("pairs")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,106 @@
+"""Tests of crc_core.tables (the API the notebooks call) and crc_core.anatomy: tables in the
+paper's shape with ours beside the paper's numbers, missing runs shown as missing, the smoke
+warning, the CSV, the tidy frames, the run status and its time estimate."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from crc_core import MLP, anatomy, store, tables
+from crc_core.runs import RUNS, runs_for_table
+
+RUN = "mnist-sigmoid-2x1024-crt-g0.01-r1.58"      # in Tables 5 and 6
+
+
+@pytest.fixture(scope="module")
+def smoke_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    store.run_experiment(RUN, "smoke", results_dir=root / "results", runs_dir=root / "runs",
+                         progress=False)
+    return root / "results"
+
+
+def test_long_table_puts_ours_beside_the_papers(smoke_store):
+    frame = tables.long_table("table6", "smoke", results_dir=smoke_store)
+    assert len(frame) == 4 * len(runs_for_table("table6"))
+    stored = frame[frame["run"] == RUN]
+    assert set(stored["status"]) == {"stored"}
+    result = store.load_result(store.results_path(RUN, "smoke", smoke_store))
+    row = stored[stored["metric"] == "certified_fraction/runner-up/global/0.5"].iloc[0]
+    entry = result["metrics"]["certified_fraction/runner-up/global/0.5"]
+    assert row["ours"] == entry["value"] and row["n"] == entry["n"]
+    assert (row["lo"], row["hi"]) == tuple(entry["ci95"])
+    mean = stored[stored["metric"] == "mean_certificate/runner-up/global"].iloc[0]
+    assert math.isclose(mean["paper"], 1.5705) and math.isclose(mean["difference"], mean["ours"] - 1.5705)
+    missing = frame[frame["run"] != RUN]
+    assert set(missing["status"]) == {"missing"} and missing["ours"].isna().all()
+
+
+def test_paper_table_shape_missing_runs_and_smoke_warning(smoke_store):
+    wide = tables.paper_table("table6", "smoke", results_dir=smoke_store)
+    assert "⚠" in wide.index[0][0] and "NOT comparable" in wide.index[0][0]
+    assert len(wide) == 1 + len(runs_for_table("table6"))
+    quantity = "mean CRC, global bounds"
+    assert (quantity, "ours") in wide.columns and (quantity, "paper") in wide.columns
+    ours = wide[(quantity, "ours")]
+    assert (ours == "missing").sum() == 3
+    crt = wide.loc[("2×1024 sigmoid", "CRT, γ = 0.01")]
+    assert crt[(quantity, "paper")] == "1.571" and crt[(quantity, "ours")] not in ("", "missing")
+    cpu = tables.paper_table("table6", "cpu", results_dir=smoke_store)
+    assert not any("⚠" in str(i[0]) for i in cpu.index)
+
+
+def test_csv_is_the_long_table(smoke_store):
+    wide = tables.paper_table("table5", "smoke", results_dir=smoke_store)
+    path = tables.write_csv(wide, "table5", "smoke", results_dir=smoke_store)
+    assert path == smoke_store / "tables" / "smoke" / "table5.csv"
+    back = pd.read_csv(path)
+    assert list(back.columns[:3]) == ["table", "run", "network"]
+    assert len(back) == len(tables.long_table("table5", "smoke", results_dir=smoke_store))
+
+
+def test_ensure_runs_lists_without_training(smoke_store, tmp_path):
+    status = tables.ensure_runs("table6", "smoke", train_missing=False, results_dir=smoke_store,
+                                runs_dir=tmp_path / "runs", progress=False)
+    assert dict(zip(status["run"], status["status"]))[RUN] == "stored"
+    assert (status["status"] == "missing").sum() == 3
+    assert not (tmp_path / "runs").exists()
+    for run in RUNS.values():
+        assert 0 < tables.estimate_minutes(run, "cpu") < 24 * 60
+    assert tables.estimate_minutes(RUNS["mnist-softplus-2x1024-crt-g0.01-r1.58"], "cpu") > 30
+
+
+def test_tidy_frames(smoke_store):
+    subset = tables.per_image_frame(RUN, "smoke", "subset", results_dir=smoke_store)
+    test = tables.per_image_frame(RUN, "smoke", "test", results_dir=smoke_store)
+    assert len(subset) == 20 and len(test) == 500 and list(test["index"][:3]) == [0, 1, 2]
+    radii = tables.radii_frame("table6", "smoke", results_dir=smoke_store)
+    assert set(radii["targets"]) == {"runner-up", "all-classes"} and len(radii) == 1000
+    assert tables.figure1_frame("smoke", results_dir=smoke_store).empty
+    prov = tables.provenance_frame("smoke", results_dir=smoke_store)
+    assert list(prov["run"]) == [RUN] and prov["audit_violations"].iloc[0] == 0
+    with pytest.raises(FileNotFoundError, match="no stored results"):
+        tables.per_image_frame("mnist-sigmoid-2x1024-standard", "smoke", results_dir=smoke_store)
+    with pytest.raises(ValueError, match="unknown table"):
+        tables.long_table("table7", "smoke")
+
+
+def test_anatomy_of_one_certificate():
+    torch.manual_seed(0)
+    model = MLP([784, 24, 10], "softplus")
+    x = torch.rand(784)
+    y = int(model(x[None]).argmax())
+    a = anatomy.certificate_anatomy(model, x, y, rho=0.5)
+    assert math.isnan(a.radius[y]) and a.certificate == float(a.radius[~a.radius.isnan()].min()) >= 0
+    assert a.runner_up != y and a.predicted == y
+    m, M = a.global_bounds
+    lm, lM = a.local_bounds
+    assert m - 1e-9 <= a.eigenvalues[0] and a.eigenvalues[-1] <= M + 1e-9
+    assert lm - 1e-9 <= a.eigenvalues[0] and a.eigenvalues[-1] <= lM + 1e-9
+    assert m <= lm + 1e-12 and lM <= M + 1e-12           # local bounds are never looser
+    assert (a.attack - a.x).norm() <= 0.5 + 1e-6
+    with pytest.raises(ValueError, match="y must lie in"):
+        anatomy.certificate_anatomy(model, x, 10)
