@@ -1,7 +1,8 @@
 """Execute the book's notebooks with papermill and stamp each with the machine it ran on.
 
 ``make book`` runs this before ``jupyter-book build``. For each notebook it calls papermill
-(the working directory is the repository root, the one parameter is ``preset``), which records
+(the working directory is the repository root, the parameters are ``preset`` and
+``train_missing``), which records
 the run's start, end and duration in ``metadata.papermill``; then it adds
 
     metadata.crc_book.machine = {"cpu", "cores", "memory_gib", "gpu", "os", "python", "torch"}
@@ -78,12 +79,15 @@ def stamp(path: Path, machine: Dict[str, Any]) -> None:
     nbformat.write(nb, str(path))
 
 
-def execute(notebook: Path, out_dir: Path, preset: str, machine: Dict[str, Any]) -> Path:
-    """Run ``notebook`` with ``preset`` into ``out_dir`` (same file name); the output's path."""
+def execute(notebook: Path, out_dir: Path, preset: str, machine: Dict[str, Any],
+            train_missing: bool = False) -> Path:
+    """Run ``notebook`` with ``preset`` and ``train_missing`` into ``out_dir`` (same file name);
+    the output's path."""
     import papermill
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(output), parameters={"preset": preset},
+    papermill.execute_notebook(str(notebook), str(output), parameters={"preset": preset,
+                                                                     "train_missing": train_missing},
                                cwd=str(REPO), progress_bar=False)
     stamp(output, machine)
     return output
@@ -95,6 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--preset", required=True, help="papermill parameter `preset` (smoke | cpu | paper)")
     parser.add_argument("--out", type=Path, default=REPO / "book" / "generated",
                         help="folder of the executed copies (default book/generated)")
+    parser.add_argument("--train-missing", action="store_true",
+                        help="notebooks train the runs missing from the results store (default: "
+                             "they show them as missing)")
     args = parser.parse_args(argv)
     if not args.notebooks:
         print("execute_notebooks: no notebook to execute")
@@ -102,10 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from papermill.exceptions import PapermillExecutionError
     machine = machine_description()
     for nb in args.notebooks:
-        print(f"executing {nb} (preset {args.preset})", flush=True)
+        print(f"executing {nb} (preset {args.preset}, train_missing={args.train_missing})", flush=True)
         start = time.monotonic()
         try:
-            out = execute(nb, args.out, args.preset, machine)
+            out = execute(nb, args.out, args.preset, machine, args.train_missing)
         except PapermillExecutionError as exc:  # a cell raised: its error, and the partial copy
             print(f"execute_notebooks: {nb} failed (partial output in {args.out / nb.name}):\n{exc}",
                   file=sys.stderr)
