@@ -15,10 +15,13 @@ from typing import Any, Dict, Optional, Tuple
 
 from .runs import RUNS, TABLES
 
-__all__ = ["REFERENCE_CSV", "paper_records", "paper_reference"]
+__all__ = ["REFERENCE_CSV", "LATER_DEFENSES_CSV", "paper_records", "paper_reference",
+           "later_defenses"]
 
 #: The transcription (comment lines start with ``#``).
 REFERENCE_CSV = Path(__file__).with_name("paper_reference.csv")
+#: Later deterministic l2 defenses on MNIST at 1.58, as reported by their authors.
+LATER_DEFENSES_CSV = Path(__file__).with_name("later_defenses.csv")
 _COLUMNS = ("table", "run", "quantity", "metric", "printed", "unit")
 _UNITS = {"percent": 0.01, "radius": 1.0}
 
@@ -66,3 +69,11 @@ def paper_reference(table: Optional[str] = None):
         raise ValueError(f"unknown table {table!r}; expected one of {list(TABLES)}")
     frame = pd.DataFrame(list(paper_records()))
     return frame if table is None else frame[frame["table"] == table].reset_index(drop=True)
+
+
+def later_defenses():
+    """:data:`LATER_DEFENSES_CSV` as a DataFrame: ``method``, ``paper``, ``year``, ``network``,
+    ``clean`` and ``certified`` (percent, as reported; clean may be missing), ``source``."""
+    import pandas as pd
+
+    return pd.read_csv(LATER_DEFENSES_CSV, comment="#")

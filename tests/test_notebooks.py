@@ -18,7 +18,7 @@ def _cells(name):
     return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
 
 
-@pytest.mark.parametrize("name", TABLES + ("explore",))
+@pytest.mark.parametrize("name", TABLES + ("explore", "reproduction", "comparison"))
 def test_notebook_is_thin_and_parameterized(name):
     cells = _cells(name)
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
