@@ -12,7 +12,9 @@ Submodules, one concept each (the map, with the direction of imports, is in READ
 - Theorems 1 and 2: :mod:`~crc_core.duality` (certificate and attack of a network) over
   :mod:`~crc_core.pair_certificates`, :mod:`~crc_core.dual_solvers`, :mod:`~crc_core.dual_bound`
   and the authors' :mod:`~crc_core.reference_schedules`;
-- :mod:`~crc_core.attacks` (PGD in l2); :mod:`~crc_core.training` (CRT and the other methods);
+- :mod:`~crc_core.attacks` (PGD in l2); :mod:`~crc_core.training` (CRT and the other methods,
+  checkpoints, resume) with :mod:`~crc_core.train_spec` (the spec) and
+  :mod:`~crc_core.atomic_files`;
   :mod:`~crc_core.baselines` (CROWN-general, CROWN-IBP, COAP);
 - data: :mod:`~crc_core.data` over :mod:`~crc_core.data_sources` and :mod:`~crc_core.idx`;
 - experiments: :mod:`~crc_core.runs` (registry, presets), :mod:`~crc_core.evaluation` and
@@ -31,7 +33,7 @@ from .models import MLP
 __all__ = ["MLP"]
 
 _SUBMODULES = {
-    "activations", "models", "checks", "hessian", "curvature", "bound_recursions",
+    "activations", "models", "checks", "train_spec", "atomic_files", "hessian", "curvature", "bound_recursions",
     "verified_linalg", "local_bounds", "curvature_estimate", "duality", "pair_certificates",
     "dual_solvers", "dual_bound", "reference_schedules", "attacks", "training", "baselines",
     "data", "data_sources", "idx", "runs", "evaluation", "metrics", "store", "reference",

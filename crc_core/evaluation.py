@@ -34,7 +34,7 @@ from .attacks import runner_up
 from .metrics import (DIGITS, proportion, round_down, round_up, summarize, times_clean,
                       wilson_interval)
 from .runs import EVAL_RADII, EVAL_SEED, Preset, format_radius, get_preset
-from .training import BASELINE_METHODS, TrainSpec
+from .train_spec import BASELINE_METHODS, TrainSpec
 
 Tensor = torch.Tensor
 

@@ -22,7 +22,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .training import TrainSpec
+from .train_spec import TrainSpec
 
 __all__ = ["EVAL_RADII", "EVAL_SEED", "TRAIN_RHO", "Run", "Preset", "RUNS", "PRESETS",
            "TABLES", "run_name", "get_run", "get_preset", "runs_for_table", "format_radius"]

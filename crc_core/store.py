@@ -25,11 +25,12 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from . import evaluation, training
+from .atomic_files import atomic_write_via
 from .models import MLP
 from .runs import Preset, get_preset, get_run
 
@@ -117,7 +118,7 @@ def dumps(obj, indent: int = 0) -> str:
 def write_json(obj, path: os.PathLike) -> None:
     """Write ``obj`` atomically with :func:`dumps` (a crash never leaves half a file)."""
     text = dumps(obj) + "\n"
-    training._atomic_write_bytes_via(Path(path), lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write_via(Path(path), lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def release_weights(model: MLP, name: str, preset: str | Preset,
                for i, layer in enumerate(model.layers) for kind in ("weight", "bias")}
     meta = {"run": name, "preset": get_preset(preset).name, "activation": model.activation.name,
             "widths": json.dumps(model.widths), "format": "crc_core.MLP layers.{i}.weight/bias"}
-    training._atomic_write_bytes_via(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write_via(path, lambda p: save_file(tensors, str(p), metadata=meta))
     return path
 
 

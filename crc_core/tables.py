@@ -20,11 +20,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import store
+from .atomic_files import atomic_write_via
 from .reference import paper_records
-from .runs import PRESETS, TABLES, Preset, Run, format_radius, get_preset, runs_for_table
+from .runs import TABLES, Preset, Run, format_radius, get_preset, runs_for_table
 
 __all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
@@ -273,7 +274,6 @@ def write_csv(frame, table: str, preset: str | Preset = "cpu", *,
               results_dir: Optional[os.PathLike] = None) -> Path:
     """Write ``frame`` to ``results/tables/<preset>/<table>.csv`` (atomically); returns the path.
     A :func:`paper_table` frame is written as its :func:`long_table` (one row per number)."""
-    from .training import _atomic_write_bytes_via
 
     preset = get_preset(preset)
     if getattr(frame.columns, "nlevels", 1) > 1:
@@ -281,7 +281,7 @@ def write_csv(frame, table: str, preset: str | Preset = "cpu", *,
     path = tables_root(results_dir) / preset.name / f"{table}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = frame.to_csv(index=False)
-    _atomic_write_bytes_via(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write_via(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
     return path
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from crc_core import data, data_sources, idx
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from crc_core import MLP, store, training
+from crc_core import store, training
 from crc_core.runs import EVAL_RADII, PRESETS, RUNS
 from crc_core.training import TrainSpec
 
