@@ -11,6 +11,10 @@ Run: ``.venv/bin/python benchmarks/curvature.py`` (about 1–3 minutes on 2 CPU 
    from a fresh init: cold (first call) and warm (early steps, where the weights move fast, and
    steps 41-50).
 4. ``local_bounds`` for a 2×1024 sigmoid net: seconds per image.
+5. The small side of ``verified_linalg.lambda_max_upper``: a 2×32 softplus net (W1 is 32×784),
+   the mixed-sign diagonals P, −N of the local bound for 20 images: the N×N proof against dense
+   ``eigvalsh`` of the 784×784 matrices (the previous path: Lanczos broke down on these rank-32
+   matrices and fell back to it), same inputs; the ratio and the largest gap of the bounds.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from crc_core import MLP, curvature
+from crc_core import MLP, curvature, verified_linalg
+from crc_core.activations import get_activation
+from crc_core.local_bounds import ball_ranges
 
 _SKIP_DEEP = False
 
@@ -142,6 +148,36 @@ def bench_local(n=4):
     print(f"  {tl[0] / n:.2f} s per image; mean M local / global = {float((M / Mg).mean()):.3f}")
 
 
+def bench_small_side(n=20):
+    print(f"\n[5] lambda_max_upper, small side: 2x32 softplus, P and -N of {n} local bounds "
+          "(radius 0.5)")
+    torch.manual_seed(0)
+    model = MLP([784, 32, 10], "softplus")
+    x = torch.rand(n, 784, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(n) % 10
+    t = (y + 3) % 10
+    _, d2, _ = ball_ranges(model, get_activation("softplus"), x, torch.full((n,), 0.5,
+                                                                             dtype=torch.float64))
+    W1, W2 = (w.detach().double() for w in model.weights)
+    w = W2[y] - W2[t]
+    n_lo, p_hi = verified_linalg.interval_product(w, w, d2[0][0], d2[0][1])
+    D = torch.cat([p_hi, -n_lo])                               # (2n, 32), mixed signs
+    new, t_new = _timed(lambda: verified_linalg.lambda_max_upper(W1, D), repeat=3)
+    scale = D.abs().amax(1) * (W1 * W1).sum()
+
+    def dense():
+        lam = torch.linalg.eigvalsh(verified_linalg.weighted_gram(W1, D))[:, -1]
+        return lam + verified_linalg.margin_factor(784) * (lam.abs() + scale)
+
+    old, t_old = _timed(dense)
+    a, b = min(t_new), min(t_old)
+    print(f"  N×N proof {a * 1e3:7.1f} ms, dense 784×784 eigvalsh {b * 1e3:7.1f} ms "
+          f"({2 * n} rows): ratio old/new {b / a:.0f}; largest |gap| / bound "
+          f"{float(((new - old).abs() / old.abs()).max()):.1e}")
+    (_, _), tl = _timed(lambda: curvature.local_bounds(model, x, y, t, 0.5))
+    print(f"  curvature.local_bounds, 2x32 softplus: {tl[0] / n * 1e3:.1f} ms per image")
+
+
 def main(argv=None):
     import argparse
 
@@ -161,6 +197,7 @@ def main(argv=None):
     bench_estimate()
     bench_all_pairs()
     bench_local()
+    bench_small_side()
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
 
 

@@ -12,8 +12,9 @@ reorthogonalization (:func:`lanczos_extremes`, ``_LANCZOS_STEPS`` = 40 steps), t
 of Numerical Algorithms* (2nd ed.), Theorem 10.3, the computed factor satisfies
 :math:`\\hat R^T \\hat R = A + ΔA` with :math:`|ΔA| \\le γ_{n+1} |\\hat R^T| |\\hat R|`, hence
 :math:`\\|ΔA\\|_2 \\le γ_{n+1} \\operatorname{tr}(A + ΔA)`. If the factorization fails, μ is raised
-(τ = 1e-5, then 1e-3) and finally the exact ``eigvalsh`` is used. Each bound then receives the
-safety margin
+(τ = 1e-5, then 1e-3) and finally the exact ``eigvalsh`` is used. Where Lanczos broke down (A of
+rank below the step count, e.g. W with few rows: the Krylov space is invariant and the Ritz
+values exact) τ = 1e-10 is tried first. Each bound then receives the safety margin
 
 .. math::
     δ = \\max(10^{-9}, 8 u n^2)\\,(|λ| + \\|d\\|_\\infty \\|W\\|_F^2), \\qquad u = 2^{-53},
@@ -22,6 +23,18 @@ n the largest dimension, which exceeds the rounding errors of forming the matrix
 (≤ γ_n ‖d‖∞‖W‖_F²), of the factorization or eigensolver (≤ c·n·u·n·|μ|) and of the float64
 interval arithmetic. The same relative margin :func:`margin_factor` is added to spectral norms
 (:func:`spectral_norm_upper`, SVD by ``torch.linalg.matrix_norm(ord=2)``).
+
+**The small side** (:func:`small_side_certified`). For W (N, M) with N well below M (a first
+layer of width 32 on 784 inputs) the M×M matrix has rank ≤ N, and mixed-sign rows d are proven
+from N×N matrices. With s = √|d|, J = diag(sign d), H = diag(s) W Wᵀ diag(s) and μ > 0, the
+Haynsworth inertia additivity of :math:`K = [[μI_M, V^T], [V, J]]`, V = diag(s) W, taken over
+either diagonal block, gives :math:`μI_M - W^T\\operatorname{diag}(d)W \\succ 0` iff
+:math:`Z = μJ - H` has exactly p = #{d_i ≥ 0} positive eigenvalues. Candidate: μ = λ̂ + δ, λ̂ the
+largest eigenvalue of Lᵀ diag(d) L (W Wᵀ ≈ L Lᵀ, same nonzero spectrum, clamped at 0 since
+N < M), δ as above: so the bound is the same number as the M×M path's up to the last bits of
+λ̂. The proof is a Cholesky factorization of XᵀZX − σI on a p-dimensional subspace X (σ above
+the rounding of forming it, with its own explicit bound); an ill-conditioned W Wᵀ with
+cancelling signs may fail it, and such rows take the M×M path.
 
 **Interval arithmetic** (:func:`interval_product`, :func:`interval_matvec`): elementwise interval
 products and interval row-vector × point-matrix products in midpoint-radius form; with
@@ -52,7 +65,9 @@ __all__ = [
     "interval_product",
     "interval_matvec",
     "lanczos_extremes",
+    "weighted_gram",
     "lambda_max_upper",
+    "small_side_certified",
     "quad_form_extremes",
 ]
 
@@ -62,7 +77,9 @@ _U = UNIT_ROUNDOFF
 _DIRECT_EIG_MAX_DIM = 192             # matrices up to this size go straight to eigvalsh
 _LANCZOS_STEPS = 40                   # Lanczos steps for the estimate that Cholesky then verifies
 _VERIFY_TAUS = (1e-7, 1e-5, 1e-3)     # relative slack of μ above the Lanczos estimate
+_BREAKDOWN_TAU = 1e-10                # first slack where Lanczos broke down (exact Ritz values)
 _CHUNK_BYTES = 256 * 2 ** 20          # memory for a chunk of explicit (n, n) float64 matrices
+_GRAM_BLOCK = 128                     # row block of weighted_gram
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,8 +171,9 @@ def lanczos_extremes(op: Callable[[Tensor], Tensor], K: int, n: int, steps: int,
                      device) -> Tuple[Tensor, Tensor, Tensor]:
     """Ritz estimates (λmin, λmax) of K symmetric operators of size n, and a breakdown flag.
 
-    Batched Lanczos with full reorthogonalization from a fixed start (``torch.Generator``
-    seeded 0), so the same operators give the same estimates. Ritz values lie inside the
+    Batched Lanczos with full reorthogonalization (two classical Gram–Schmidt passes per step)
+    from a fixed start (``torch.Generator`` seeded 0), so the same operators give the same
+    estimates. Ritz values lie inside the
     spectrum: estimates, not bounds (:func:`lambda_max_upper` verifies them).
 
     Args:
@@ -183,7 +201,8 @@ def lanczos_extremes(op: Callable[[Tensor], Tensor], K: int, n: int, steps: int,
         if j == steps - 1:
             break
         basis = Q[: j + 1]
-        v = v - torch.einsum("jk,jkm->km", torch.einsum("jkm,km->jk", basis, v), basis)
+        for _ in range(2):  # "twice is enough": once leaves ghost Ritz values near a breakdown
+            v = v - torch.einsum("jk,jkm->km", torch.einsum("jkm,km->jk", basis, v), basis)
         b = v.norm(dim=1)
         tiny = b <= 1e-10 * size
         broke |= tiny
@@ -196,15 +215,42 @@ def lanczos_extremes(op: Callable[[Tensor], Tensor], K: int, n: int, steps: int,
     return ev[:, 0], ev[:, -1], broke
 
 
+def weighted_gram(W: Tensor, D: Tensor) -> Tensor:
+    """The matrices Wᵀ diag(D_k) W, built by row blocks of their lower triangle and mirrored.
+
+    Each entry is one float64 inner product of length N, as in ``(Wᵀ * D_k) @ W`` (the same
+    rounding bound γ_N |W|ᵀ|diag(D_k)||W|), for about (1 + b/M)/2 of its flops (b = 128).
+
+    Args:
+        W: (N, M) float64.
+        D: (K, N) float64.
+
+    Returns:
+        (K, M, M) float64.
+    """
+    Wt = W.t()
+    M = W.shape[1]
+    A = torch.empty(D.shape[0], M, M, dtype=_F64, device=D.device)
+    for s in range(0, M, _GRAM_BLOCK):
+        e = min(M, s + _GRAM_BLOCK)
+        rows = (Wt[s:e] * D[:, None, :]) @ W[:, :e]             # A[:, s:e, :e]
+        A[:, s:e, :e] = rows
+        A[:, :s, s:e] = rows[:, :, :s].transpose(1, 2)
+    return A
+
+
 def lambda_max_upper(W: Tensor, D: Tensor) -> Tensor:
     """Rigorous upper bounds of λmax(Wᵀ diag(D_k) W), one per row D_k.
 
     .. math::
         \\lambda_{\\max}\\big(W^T \\operatorname{diag}(D_k) W\\big) \\le \\text{out}_k
 
-    Eigenvalues by ``eigvalsh`` (n ≤ 192) or Lanczos + Cholesky verification, plus the safety
-    margin δ (module docstring). Identical rows are computed once; sign-definite rows
-    (D_k ≥ 0) use the N×N form diag(√d) W Wᵀ diag(√d) (same nonzero spectrum) when cheaper.
+    Identical rows are computed once. Mixed-sign rows with N well below M are proven from N×N
+    matrices (:func:`small_side_certified`); sign-definite rows (D_k ≥ 0) use the N×N form
+    diag(√d) W Wᵀ diag(√d) (same nonzero spectrum) when cheaper; all other rows (and the
+    small-side rows it cannot prove) get eigenvalues by ``eigvalsh`` (n ≤ 192) or Lanczos +
+    Cholesky verification of the M×M matrix. Each bound is λ + δ with the safety margin δ of
+    the module docstring.
 
     Args:
         W: (N, M) float64.
@@ -220,6 +266,12 @@ def lambda_max_upper(W: Tensor, D: Tensor) -> Tensor:
     return _lambda_max_upper_unique(W, uniq)[inv]
 
 
+def _small_side_pays(N: int, M: int) -> bool:
+    """Whether mixed-sign rows go to the N×N path: N < M and about 10N³ flops per row (estimate,
+    solve, products, Cholesky) below the 2NM² + M³/3 of forming and factoring the M×M matrix."""
+    return N < M and 10 * N ** 3 < 2 * N * M * M + M ** 3 / 3
+
+
 def _lambda_max_upper_unique(W: Tensor, D: Tensor) -> Tensor:
     N, M = W.shape
     K = D.shape[0]
@@ -228,16 +280,23 @@ def _lambda_max_upper_unique(W: Tensor, D: Tensor) -> Tensor:
     scale = D.abs().amax(1) * fro2
     nonneg = (D >= 0).all(1)
     n_space_cheaper = N ** 3 / 3 < 2 * N * M * M + M ** 3 / 3
+    mixed = ~nonneg if _small_side_pays(N, M) else torch.zeros_like(nonneg)
+    small_rows = mixed.nonzero().flatten()
+    G0 = W @ W.t() if n_space_cheaper and nonneg.any() else None
+    todo = torch.ones(K, dtype=torch.bool, device=D.device)
+    if small_rows.numel():
+        mu, proven = _small_side_upper(W, D[small_rows])
+        out[small_rows[proven]] = mu[proven]
+        todo[small_rows[proven]] = False
     use_n = nonneg & n_space_cheaper
-    G0 = None
-    for space_n, rows in ((True, use_n.nonzero().flatten()), (False, (~use_n).nonzero().flatten())):
+    raw = torch.empty(K, dtype=_F64, device=D.device)
+    for space_n, rows in ((True, (use_n & todo).nonzero().flatten()),
+                          (False, (~use_n & todo).nonzero().flatten())):
         if rows.numel() == 0:
             continue
         Dr = D[rows]
         dim = N if space_n else M
         if space_n:
-            if G0 is None:
-                G0 = W @ W.t()
             S = Dr.sqrt()
 
             def build(sl, S=S):
@@ -249,47 +308,182 @@ def _lambda_max_upper_unique(W: Tensor, D: Tensor) -> Tensor:
         else:
             Wt = W.t()
 
-            def build(sl, Dr=Dr, Wt=Wt):
-                return (Wt * Dr[sl, None, :]) @ W
+            def build(sl, Dr=Dr):
+                return weighted_gram(W, Dr[sl])
 
             def make_op(sl, Dr=Dr, Wt=Wt):
                 Ds = Dr[sl]
                 return lambda X: ((X @ Wt) * Ds) @ W
 
-        res = torch.empty(rows.numel(), dtype=_F64, device=D.device)
-        if dim <= _DIRECT_EIG_MAX_DIM:
-            for sl in _chunks(rows.numel(), dim):
-                res[sl] = torch.linalg.eigvalsh(build(sl))[:, -1]
-        else:
-            steps = max(2, min(_LANCZOS_STEPS, dim - 1))
-            est_lo = torch.empty_like(res)
-            est_hi = torch.empty_like(res)
-            broke = torch.empty(rows.numel(), dtype=torch.bool, device=D.device)
-            for s in range(0, rows.numel(), 128):
-                sl = slice(s, min(rows.numel(), s + 128))
-                est_lo[sl], est_hi[sl], broke[sl] = lanczos_extremes(
-                    make_op(sl), sl.stop - sl.start, dim, steps, scale[rows][sl], D.device)
-            rho = torch.maximum(est_lo.abs(), est_hi.abs())
-            eye = torch.eye(dim, dtype=_F64, device=D.device)
-            for sl in _chunks(rows.numel(), dim, extra=2):
-                A = build(sl)
-                pending = ~broke[sl] & (rho[sl] > 0)
-                val = torch.full((A.shape[0],), float("nan"), dtype=_F64, device=D.device)
-                for tau in _VERIFY_TAUS:
-                    if not pending.any():
-                        break
-                    mu = est_hi[sl] + tau * rho[sl]
-                    idx = pending.nonzero().flatten()
-                    info = torch.linalg.cholesky_ex(mu[idx, None, None] * eye - A[idx]).info
-                    ok = idx[info == 0]
-                    val[ok] = mu[ok]
-                    pending[ok] = False
-                need = torch.isnan(val).nonzero().flatten()
-                if need.numel():
-                    val[need] = torch.linalg.eigvalsh(A[need])[:, -1]
-                res[sl] = val
-        out[rows] = res
-    return out + margin_factor(max(N, M)) * (out.abs() + scale)
+        raw[rows] = _dense_lambda_max(build, make_op, dim, scale[rows])
+    rest = todo.nonzero().flatten()
+    out[rest] = raw[rest] + margin_factor(max(N, M)) * (raw[rest].abs() + scale[rest])
+    return out
+
+
+def _dense_lambda_max(build, make_op, dim: int, scale: Tensor) -> Tensor:
+    """λmax of K explicit dim×dim matrices, before the safety margin: ``eigvalsh`` (dim ≤ 192),
+    else the Lanczos estimate proven by a Cholesky factorization of μI − A (module docstring),
+    ``eigvalsh`` where no μ is proven.
+
+    Args:
+        build: ``build(sl)`` returns the matrices of the rows ``sl``, (k, dim, dim).
+        make_op: ``make_op(sl)`` returns the map (k, dim) -> (k, dim) of those matrices.
+        dim: their size.
+        scale: (K,) bounds of their spectral radii.
+
+    Returns:
+        (K,) float64.
+    """
+    K = scale.shape[0]
+    device = scale.device
+    res = torch.empty(K, dtype=_F64, device=device)
+    if dim <= _DIRECT_EIG_MAX_DIM:
+        for sl in _chunks(K, dim):
+            res[sl] = torch.linalg.eigvalsh(build(sl))[:, -1]
+        return res
+    steps = max(2, min(_LANCZOS_STEPS, dim - 1))
+    est_lo = torch.empty_like(res)
+    est_hi = torch.empty_like(res)
+    broke = torch.empty(K, dtype=torch.bool, device=device)
+    for s in range(0, K, 128):
+        sl = slice(s, min(K, s + 128))
+        est_lo[sl], est_hi[sl], broke[sl] = lanczos_extremes(
+            make_op(sl), sl.stop - sl.start, dim, steps, scale[sl], device)
+    rho = torch.maximum(est_lo.abs(), est_hi.abs())
+    for sl in _chunks(K, dim, extra=2):
+        A = build(sl)
+        pending = rho[sl] > 0
+        val = torch.full((A.shape[0],), float("nan"), dtype=_F64, device=device)
+        for tau in (_BREAKDOWN_TAU,) + _VERIFY_TAUS:
+            # A breakdown (rank below the step count: the Krylov space is invariant) leaves
+            # exact Ritz values, first tried with the small slack; the others start at 1e-7.
+            rows = pending & broke[sl] if tau == _BREAKDOWN_TAU else pending
+            if not rows.any():
+                continue
+            mu = est_hi[sl] + tau * rho[sl]
+            idx = rows.nonzero().flatten()
+            shifted = A[idx].neg_()                                 # μI − A, one copy
+            shifted.diagonal(dim1=1, dim2=2).add_(mu[idx, None])
+            info = torch.linalg.cholesky_ex(shifted).info
+            ok = idx[info == 0]
+            val[ok] = mu[ok]
+            pending[ok] = False
+        need = torch.isnan(val).nonzero().flatten()
+        if need.numel():
+            val[need] = torch.linalg.eigvalsh(A[need])[:, -1]
+        res[sl] = val
+    return res
+
+
+def _gamma(n: int) -> float:
+    """γ_n = nu / (1 − nu), the bound of n accumulated float64 roundings (Higham, eq. 3.8)."""
+    return n * _U / (1 - n * _U)
+
+
+def small_side_certified(W: Tensor, D: Tensor, mu: Tensor) -> Tensor:
+    """Proves λmax(Wᵀ diag(D_k) W) < μ_k for each row from N×N matrices, any signs of D_k.
+
+    The small-side lemma (module docstring): with s = √|d|, J = diag(sign d) (+1 where d = 0),
+    p = #{d_i ≥ 0} and H = diag(s) W Wᵀ diag(s), for μ > 0
+
+    .. math::
+        μ I_M - W^T \\operatorname{diag}(d) W \\succ 0 \\iff
+        Z = μ J - H \\text{ has } p \\text{ positive eigenvalues.}
+
+    Z has at least q = N − p eigenvalues below −μ (its (−, −) block is −μI − H₋₋), so by
+    Courant–Fischer it suffices that XᵀZX ≻ 0 on the p columns of X = [I; Y] (rows ordered
+    +, −), any Y; Y = −(μI + H₋₋)⁻¹H₋₊ makes XᵀZX the Schur complement. XᵀZX is formed in
+    float64 and proven positive definite by a Cholesky factorization of XᵀZX − σI (Higham,
+    Theorem 10.3) with σ above every rounding error:
+
+    .. math::
+        ε_T = 2\\,\\|X\\|_1\\|X\\|_\\infty\\big(γ_{2N}\\|Z\\|_F + γ_{M+4}\\|d\\|_\\infty\\|W\\|_F^2
+        + u(μ + \\max_i H_{ii})\\big)
+
+    bounds ‖fl(XᵀẐX) − XᵀZX‖₂ (|Ĝ − G| ≤ γ_M|W||W|ᵀ, two roundings of s_i s_j, ≤ 2 of the
+    square roots, one of the diagonal of Z, γ_{2N} for the two products); the factorization's
+    backward error is at most γ_{N+1}/(1 − γ_{N+1}) tr(B̂) in 2-norm; the check
+    (1 − u)σ > 1.01(ε_T + η + u max|T̂_ii|) is made a posteriori. A ``False`` row proves
+    nothing (e.g. an ill-conditioned W Wᵀ with cancelling signs); the caller falls back.
+
+    Args:
+        W: (N, M) float64.
+        D: (K, N) float64 diagonals, any signs.
+        mu: (K,) float64 candidates.
+
+    Returns:
+        (K,) bool: True where λmax(Wᵀ diag(D_k) W) < μ_k is proven.
+
+    Example:
+        >>> W = torch.randn(8, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> d = torch.tensor([[1.0, -2.0, 0.5, -1.0, 3.0, -0.5, 2.0, -3.0]], dtype=torch.float64)
+        >>> lam = torch.linalg.eigvalsh(W.T @ (d[0, :, None] * W))[-1]
+        >>> small_side_certified(W, d, (lam * (1 + 1e-6))[None]).tolist()
+        [True]
+        >>> small_side_certified(W, d, (lam * (1 - 1e-6))[None]).tolist()
+        [False]
+    """
+    N, M = W.shape
+    K = D.shape[0]
+    G = W @ W.t()
+    scale = D.abs().amax(1) * (W * W).sum()
+    proven = torch.zeros(K, dtype=torch.bool, device=D.device)
+    eye = torch.eye(N, dtype=_F64, device=D.device)
+    for sl in _chunks(K, N, extra=8):
+        d, m = D[sl], mu[sl]
+        pos = (d >= 0).to(_F64)
+        neg = 1.0 - pos
+        s = d.abs().sqrt()
+        H = s[:, :, None] * G * s[:, None, :]
+        Hdiag = H.diagonal(dim1=1, dim2=2)
+        Z = -H
+        Z.diagonal(dim1=1, dim2=2).copy_(m[:, None] * (2.0 * pos - 1.0) - Hdiag)
+        C = neg[:, :, None] * H * neg[:, None, :] + m[:, None, None] * eye
+        Y = torch.linalg.solve_ex(C, -(neg[:, :, None] * H * pos[:, None, :])).result
+        X = torch.diag_embed(pos) + neg[:, :, None] * Y * pos[:, None, :]
+        T = X.transpose(1, 2) @ (Z @ X)
+        absX = X.abs()
+        normX2 = absX.sum(1).amax(1) * absX.sum(2).amax(1)          # ‖X‖₁‖X‖∞ ≥ ‖|X|‖₂²
+        eps = 2.0 * normX2 * (_gamma(2 * N) * Z.flatten(1).norm(dim=1)
+                              + _gamma(M + 4) * scale[sl] + _U * (m + Hdiag.amax(1)))
+        Tplus = T.diagonal(dim1=1, dim2=2).abs() * pos
+        tmax = Tplus.amax(1)
+        sigma = (2.0 * eps + 4.0 * _gamma(N + 1) * (Tplus.sum(1) + neg.sum(1) * m)
+                 + 4.0 * _U * tmax)
+        B = T - torch.diag_embed(sigma[:, None] * pos - m[:, None] * neg)
+        info = torch.linalg.cholesky_ex(B).info
+        eta = 1.01 * _gamma(N + 1) * B.diagonal(dim1=1, dim2=2).abs().sum(1)
+        ok = (info == 0) & (m > 0) & ((1 - _U) * sigma > 1.01 * (eps + eta + _U * tmax))
+        proven[sl] = ok & torch.isfinite(sigma) & torch.isfinite(eta)
+    return proven
+
+
+def _small_side_upper(W: Tensor, D: Tensor) -> Tuple[Tensor, Tensor]:
+    """Upper bounds of λmax(Wᵀ diag(D_k) W) for N < M from N×N matrices, and where proven.
+
+    Estimate: with G ≈ L Lᵀ (L = U Λ^{1/2} from ``eigh`` of the computed W Wᵀ), the nonzero
+    eigenvalues of Wᵀ diag(d) W are those of diag(d) W Wᵀ, hence of Lᵀ diag(d) L; since N < M,
+    λmax ≥ 0. Candidate μ = λ̂ + δ with λ̂ = max(λmax(Lᵀ diag(d) L), 0) and the module's margin
+    δ = max(1e-9, 8u·max(N, M)²)(λ̂ + ‖d‖∞‖W‖_F²); :func:`small_side_certified` proves it.
+
+    Args:
+        W: (N, M) float64, N < M.
+        D: (K, N) float64.
+
+    Returns:
+        (mu (K,), proven (K,) bool): mu is a rigorous upper bound where proven is True.
+    """
+    N, M = W.shape
+    scale = D.abs().amax(1) * (W * W).sum()
+    ev, U = torch.linalg.eigh(W @ W.t())
+    L = U * ev.clamp_min(0).sqrt()
+    lam = torch.empty(D.shape[0], dtype=_F64, device=D.device)
+    for sl in _chunks(D.shape[0], N, extra=2):
+        lam[sl] = torch.linalg.eigvalsh(L.t() @ (D[sl, :, None] * L))[:, -1]
+    lam = lam.clamp_min(0)
+    mu = lam + margin_factor(max(N, M)) * (lam + scale)
+    return mu, small_side_certified(W, D, mu)
 
 
 def quad_form_extremes(W: Tensor, P: Tensor, Nn: Tensor, clamp: bool) -> Tuple[Tensor, Tensor]:

@@ -1,6 +1,7 @@
 """Verified float64 linear algebra (crc_core.verified_linalg): interval products against exact
 rational arithmetic and sampled points, Lanczos estimates inside the spectrum, certified λmax
-(direct and Lanczos + Cholesky paths) never below dense eigvalsh, spectral-norm upper bounds."""
+(direct, Lanczos + Cholesky and small-side paths) never below dense eigvalsh, spectral-norm
+upper bounds."""
 from fractions import Fraction
 
 import pytest
@@ -141,3 +142,127 @@ def test_quad_form_extremes_clamp():
     assert (hi_c == 0).all() and (lo_c <= 0).all()
     Nneg = N.clamp(max=0)
     assert (lo_c <= torch.linalg.eigvalsh(W.T @ (Nneg[:, :, None] * W))[:, 0]).all()
+
+
+def test_lanczos_estimates_stay_inside_the_spectrum_near_a_breakdown():
+    """Rank-24 operators of size 200, 40 steps: the Krylov space becomes invariant near step 24.
+    With one Gram–Schmidt pass per step, orthogonality decays before the breakdown and rows
+    whose last β stays above the 1e-10 threshold get ghost Ritz values (here 2.5% of ‖d‖∞‖W‖_F²
+    above λmax); with two passes every estimate lies inside the spectrum."""
+    g = torch.Generator().manual_seed(1)
+    W = (torch.rand(24, 200, generator=g, dtype=F64) * 2 - 1) / 200 ** 0.5
+    D = torch.randn(40, 24, generator=g, dtype=F64)
+
+    def op(X):
+        return ((X @ W.T) * D) @ W
+
+    size = D.abs().amax(1) * (W * W).sum()
+    ev = torch.linalg.eigvalsh(W.T @ (D[:, :, None] * W))
+    lo, hi, broke = vl.lanczos_extremes(op, 40, 200, 40, size, "cpu")
+    assert (hi <= ev[:, -1] + 1e-12 * size).all() and (lo >= ev[:, 0] - 1e-12 * size).all()
+    torch.testing.assert_close(hi, ev[:, -1], rtol=0, atol=1e-12 * float(size.max()))
+    assert broke.all()
+
+
+def test_weighted_gram_equals_the_plain_product():
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(40, 300, generator=g, dtype=F64)          # 300 columns: three row blocks
+    D = torch.randn(3, 40, generator=g, dtype=F64)
+    A = vl.weighted_gram(W, D)
+    ref = (W.T * D[:, None, :]) @ W
+    assert A.shape == (3, 300, 300)
+    torch.testing.assert_close(A, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+    assert torch.equal(A[:, :128, 128:], A[:, 128:, :128].transpose(1, 2))   # mirrored blocks
+
+
+# ------------------------------------------------------------------------------------------------
+# The small side: mixed-sign rows with N < M proven from N×N matrices
+def _exact_and_margin(W, D):
+    exact = torch.linalg.eigvalsh(W.T @ (D[:, :, None] * W))[:, -1]
+    scale = D.abs().amax(1) * (W * W).sum()
+    return exact, scale, vl.margin_factor(max(W.shape)) * (exact.abs() + scale)
+
+
+def test_small_side_closed_form_orthogonal_rows():
+    """W with orthogonal rows a e₁ᵀ, b e₂ᵀ, c e₃ᵀ: Wᵀdiag(d)W = diag(d₁a², d₂b², d₃c², 0, 0), so
+    λmax = max(d₁a², d₂b², d₃c², 0) whatever the signs."""
+    W = torch.zeros(3, 5, dtype=F64)
+    W[0, 0], W[1, 1], W[2, 2] = 2.0, 0.5, 3.0
+    D = torch.tensor([[1.0, -4.0, 0.25], [-1.0, 8.0, -0.5], [-1.0, -2.0, -3.0]], dtype=F64)
+    closed = torch.tensor([4.0, 2.0, 0.0], dtype=F64)
+    ub = vl.lambda_max_upper(W, D)
+    _, scale, _ = _exact_and_margin(W, D)
+    assert (ub >= closed).all()
+    assert (ub - closed <= 1.01 * vl.margin_factor(5) * (closed + scale)).all()
+    assert vl.small_side_certified(W, D, closed * (1 + 1e-6) + 1e-6).all()
+    assert not vl.small_side_certified(W, D[:2], closed[:2] * (1 - 1e-6)).any()
+
+
+@pytest.mark.parametrize("N,M", [(32, 784), (8, 30), (50, 300)])
+def test_small_side_equals_the_dense_spectrum_within_the_margin(N, M):
+    """Mixed-sign (and one NSD) rows: the small side proves every row, its bound is never below
+    the exact λmax of the M×M matrix and above it by at most about the margin δ."""
+    g = torch.Generator().manual_seed(N)
+    W = torch.randn(N, M, generator=g, dtype=F64) / M ** 0.5
+    D = torch.randn(6, N, generator=g, dtype=F64)
+    D[0] = -D[0].abs()
+    exact, scale, delta = _exact_and_margin(W, D)
+    mu, proven = vl._small_side_upper(W, D)
+    assert proven.all()
+    ub = vl.lambda_max_upper(W, D)
+    torch.testing.assert_close(ub, mu, rtol=0, atol=0)        # the path lambda_max_upper takes
+    assert (ub >= exact).all() and (ub - exact <= 1.01 * delta + 1e-15 * scale).all()
+
+
+def test_small_side_refuses_candidates_below_lambda_max():
+    """A μ just below λmax (or ≤ 0) is never proven; one δ above it is."""
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(12, 80, generator=g, dtype=F64)
+    D = torch.randn(5, 12, generator=g, dtype=F64)
+    exact, scale, delta = _exact_and_margin(W, D)
+    assert (exact > 0).all()
+    assert not vl.small_side_certified(W, D, exact * (1 - 1e-9)).any()
+    assert not vl.small_side_certified(W, D, torch.zeros(5, dtype=F64)).any()
+    assert vl.small_side_certified(W, D, exact + delta).all()
+
+
+def test_small_side_ill_conditioned_falls_back_soundly():
+    """Nearly parallel rows of W with opposite signs of d (λmax ≈ 1e-10‖W‖²): the N×N proof
+    fails, the M×M path answers, the bound stays above the exact λmax."""
+    g = torch.Generator().manual_seed(10)
+    W = torch.randn(6, 50, generator=g, dtype=F64)
+    W[1] = W[0] + 1e-11 * torch.randn(50, generator=g, dtype=F64)
+    D = torch.zeros(2, 6, dtype=F64)
+    D[:, 0], D[:, 1] = 1.0, -1.0
+    D[1, 1] = -1.0 - 1e-9
+    exact, scale, delta = _exact_and_margin(W, D)
+    _, proven = vl._small_side_upper(W, D)
+    assert not proven.any()
+    ub = vl.lambda_max_upper(W, D)
+    assert (ub >= exact).all() and (ub - exact <= 1.01 * delta).all()
+
+
+def test_rank_deficient_dense_path_is_proven_without_eigvalsh(monkeypatch):
+    """With the small side switched off, rank-10 matrices of size 150 go to Lanczos (40 steps:
+    a breakdown) + Cholesky: proven with the small breakdown slack, no dense eigvalsh of the
+    150×150 matrices, never below the exact λmax."""
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(10, 150, generator=g, dtype=F64)
+    D = torch.randn(8, 10, generator=g, dtype=F64)
+    exact, scale, delta = _exact_and_margin(W, D)
+    ev = torch.linalg.eigvalsh(W.T @ (D[:, :, None] * W))
+    radius = torch.maximum(ev[:, 0].abs(), ev[:, -1].abs())
+    sizes = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def counting(A):
+        sizes.append(A.shape[-1])
+        return eigvalsh(A)
+
+    monkeypatch.setattr(vl, "_small_side_pays", lambda N, M: False)
+    monkeypatch.setattr(vl, "_DIRECT_EIG_MAX_DIM", 0)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", counting)
+    ub = vl.lambda_max_upper(W, D)
+    assert 150 not in sizes and sizes
+    assert (ub >= exact).all()
+    assert (ub - exact <= 1.01 * (1e-10 * radius + delta)).all()     # the slack 1e-10, not 1e-7
