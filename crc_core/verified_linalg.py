@@ -408,9 +408,9 @@ def small_side_certified(W: Tensor, D: Tensor, mu: Tensor) -> Tensor:
     nothing (e.g. an ill-conditioned W Wᵀ with cancelling signs); the caller falls back.
 
     Args:
-        W: (N, M) float64.
-        D: (K, N) float64 diagonals, any signs.
-        mu: (K,) float64 candidates.
+        W: (N, M), any float dtype (converted to float64).
+        D: (K, N) diagonals, any signs.
+        mu: (K,) candidates.
 
     Returns:
         (K,) bool: True where λmax(Wᵀ diag(D_k) W) < μ_k is proven.
@@ -424,6 +424,7 @@ def small_side_certified(W: Tensor, D: Tensor, mu: Tensor) -> Tensor:
         >>> small_side_certified(W, d, (lam * (1 - 1e-6))[None]).tolist()
         [False]
     """
+    W, D, mu = W.to(_F64), D.to(_F64), mu.to(_F64)       # exact; the bounds are float64's
     N, M = W.shape
     K = D.shape[0]
     G = W @ W.t()
