@@ -160,3 +160,13 @@ def test_until_epoch_and_train_only_defer_the_evaluation(roots):
     result = store.run_experiment(name, two, progress=False)
     assert result is not None and result["evaluated_epoch"] == 2
     assert store.results_path(name, two).is_file()
+
+
+def test_released_2x1024_net_recertifies_its_stored_certificates():
+    """The committed results of the released 2×1024 CRT net agree with certificates recomputed
+    from its released weights (a slice of the test set; `experiments verify` does all)."""
+    name = "mnist-softplus-2x1024-crt-g0.01-r1.58"
+    assert store.weights_path(name, "cpu").is_file(), "released weights missing"
+    report = store.verify(name, "cpu", images=slice(0, 200), progress=False)
+    assert report["images"] == 200 and report["compared"] >= 800
+    assert report["ok"], report["mismatches"][:5]
