@@ -80,7 +80,7 @@ def stamp(path: Path, machine: Dict[str, Any]) -> None:
 
 
 def execute(notebook: Path, out_dir: Path, preset: str, machine: Dict[str, Any],
-            train_missing: bool = False) -> Path:
+            train_missing: bool = False, cell_timeout: Optional[int] = None) -> Path:
     """Run ``notebook`` with ``preset`` and ``train_missing`` into ``out_dir`` (same file name);
     the output's path."""
     import papermill
@@ -88,6 +88,7 @@ def execute(notebook: Path, out_dir: Path, preset: str, machine: Dict[str, Any],
     output = out_dir / notebook.name
     papermill.execute_notebook(str(notebook), str(output), parameters={"preset": preset,
                                                                      "train_missing": train_missing},
+                               execution_timeout=cell_timeout,
                                cwd=str(REPO), progress_bar=False)
     stamp(output, machine)
     return output
@@ -102,6 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train-missing", action="store_true",
                         help="notebooks train the runs missing from the results store (default: "
                              "they show them as missing)")
+    parser.add_argument("--cell-timeout", type=int, default=None,
+                        help="seconds a cell may run before the notebook fails (default: no limit; "
+                             "CI's smoke book sets one so that a hang fails instead of waiting)")
     args = parser.parse_args(argv)
     if not args.notebooks:
         print("execute_notebooks: no notebook to execute")
@@ -112,7 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"executing {nb} (preset {args.preset}, train_missing={args.train_missing})", flush=True)
         start = time.monotonic()
         try:
-            out = execute(nb, args.out, args.preset, machine, args.train_missing)
+            out = execute(nb, args.out, args.preset, machine, args.train_missing,
+                          args.cell_timeout)
         except PapermillExecutionError as exc:  # a cell raised: its error, and the partial copy
             print(f"execute_notebooks: {nb} failed (partial output in {args.out / nb.name}):\n{exc}",
                   file=sys.stderr)
