@@ -118,6 +118,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_run.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p_run.add_argument("--until-epoch", type=int, default=None,
                        help="stop training after this epoch (resume later with the same command)")
+    p_run.add_argument("--reevaluate", action="store_true",
+                       help="evaluate the finished checkpoint again (e.g. after a change of the "
+                            "evaluation protocol) and overwrite the stored results; trains nothing")
     p_run.add_argument("--train-only", action="store_true",
                        help="train (resumably) but do not evaluate; a later `run` evaluates")
     p_run.add_argument("--threads", type=int, default=None,
@@ -156,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run_experiment(args.name, args.preset, force=args.force, device=args.device,
                                 progress=not args.no_progress, until_epoch=args.until_epoch,
-                                evaluate=not args.train_only)
+                                evaluate=not args.train_only, reevaluate=args.reevaluate)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

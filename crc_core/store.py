@@ -171,8 +171,8 @@ def _provenance(preset: Preset, device: torch.device, train_seconds: float,
 def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False, *,
                    results_dir: Optional[os.PathLike] = None, runs_dir: Optional[os.PathLike] = None,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   until_epoch: Optional[int] = None,
-                   evaluate: bool = True) -> Optional[Dict[str, Any]]:
+                   until_epoch: Optional[int] = None, evaluate: bool = True,
+                   reevaluate: bool = False) -> Optional[Dict[str, Any]]:
     """Train run ``name`` at ``preset`` (resumable) and evaluate it once into the results store.
 
     If ``results/<preset>/<name>.json`` exists and ``force`` is False, it is read and returned:
@@ -192,19 +192,31 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         until_epoch: train only up to this epoch (to split a run over sessions); if training is
             then unfinished, nothing is evaluated and None is returned.
         evaluate: False trains only (returns None); the evaluation happens on a later call.
+        reevaluate: evaluate the finished checkpoint in ``runs/`` again (after a change of the
+            evaluation protocol) and overwrite the stored results; nothing is trained.
 
     Returns:
         The results dict (as stored), or None if training stopped early or ``evaluate=False``.
+
+    Raises:
+        ValueError: unknown run or preset; ``reevaluate`` without a finished checkpoint.
     """
     code_state = _code_state()
     run = get_run(name)
     preset = get_preset(preset)
     out = results_path(name, preset, results_dir)
-    if out.is_file() and not force:
-        return load_result(out)
     spec = preset.apply(run.spec)
     run_dir = runs_root(runs_dir) / preset.name / name
     device = torch.device(device)
+    if reevaluate:
+        if not training.is_trained(spec, run_dir):
+            raise ValueError(f"cannot re-evaluate {name} ({preset.name}): {run_dir} holds no "
+                             "finished training run of its spec")
+        model = training.load_model(run_dir, "last", device=device)
+        return _evaluate_and_store(run, spec, model, training.read_history(run_dir), preset,
+                                   device, out, code_state, progress)
+    if out.is_file() and not force:
+        return load_result(out)
     model = training.train(spec, run_dir, resume=not force, progress=progress, device=device,
                            until_epoch=until_epoch, select="last")
     history = training.read_history(run_dir)

@@ -160,6 +160,10 @@ def test_until_epoch_and_train_only_defer_the_evaluation(roots):
     result = store.run_experiment(name, two, progress=False)
     assert result is not None and result["evaluated_epoch"] == 2
     assert store.results_path(name, two).is_file()
+    again = store.run_experiment(name, two, progress=False, reevaluate=True)
+    assert again["metrics"] == result["metrics"] and again["history"] == result["history"]
+    with pytest.raises(ValueError, match="cannot re-evaluate"):
+        store.run_experiment("mnist-sigmoid-2x1024-standard", two, progress=False, reevaluate=True)
 
 
 def test_released_2x1024_net_recertifies_its_stored_certificates():
