@@ -169,9 +169,12 @@ def runs_for_table(table: str) -> List[Run]:
 
 # Training epochs at the cpu preset, by (method, L), chosen to fit about 45 minutes of training
 # on 2 shared CPU cores with one torch thread, batch 128 (469 steps per epoch). Measured minutes
-# per epoch (softplus / sigmoid, width 1024, with other jobs running): crt 1.3-2.0 (the committed
-# 2x1024 run: 24 epochs in 36.7 min wall, 30.4 CPU-min, test evaluation each epoch included) /
-# 5.4 / 7.6 for L = 2 / 3 / 4 (the 10-step attack plus the curvature estimate), pgd (10 steps) 1.8 / 3.8,
+# per epoch (softplus / sigmoid, width 1024, with other jobs running): crt 0.7-2.0 (the committed
+# 2x1024 runs: 24 epochs in 49 min wall beside another run and the tests, 45 s an epoch alone) /
+# 1.9 for L = 3 (measured: 105-117 s an epoch, one thread, one other run beside it; the first
+# estimate, 5.4, was taken under heavier load, so 3- and 4-layer CRT got 8 and 6 epochs before:
+# now 20 and 14, the same ~45-minute budget) / about 3 for L = 4 (the 10-step attack plus the
+# curvature estimate), pgd (10 steps) 1.8 / 3.8,
 # standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. Baselines (benchmarks/baselines.py, one
 # thread, shared cores, seconds per step of 128): crown-ibp 0.2-0.26 / 0.33-0.56 / 0.5-1.0 for
 # L = 2 / 3 / 4 (relu and softplus alike), i.e. about 2 / 3.5 / 6 minutes per epoch; coap
@@ -180,7 +183,7 @@ def runs_for_table(table: str) -> List[Run]:
 _CPU_EPOCHS: Dict[Tuple[str, int], int] = {
     ("standard", 2): 30, ("standard", 3): 30, ("standard", 4): 30,
     ("curvature", 2): 30, ("curvature", 3): 30, ("curvature", 4): 30,
-    ("crt", 2): 24, ("crt", 3): 8, ("crt", 4): 6,
+    ("crt", 2): 24, ("crt", 3): 20, ("crt", 4): 14,
     ("pgd", 2): 20, ("pgd", 3): 12, ("pgd", 4): 8,
     ("crown-ibp", 2): 20, ("crown-ibp", 3): 12, ("crown-ibp", 4): 8,
     ("coap", 2): 20, ("coap", 3): 2, ("coap", 4): 1,

@@ -41,12 +41,12 @@ SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, s
 _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
     ("standard", 2): 0.15, ("standard", 3): 0.3, ("standard", 4): 0.5,
     ("curvature", 2): 0.2, ("curvature", 3): 0.4, ("curvature", 4): 0.7,
-    ("crt", 2): 1.5, ("crt", 3): 5.4, ("crt", 4): 7.6,
+    ("crt", 2): 1.5, ("crt", 3): 2.0, ("crt", 4): 3.0,
     ("pgd", 2): 1.8, ("pgd", 3): 3.8, ("pgd", 4): 6.0,
     ("crown-ibp", 2): 2.0, ("crown-ibp", 3): 3.5, ("crown-ibp", 4): 6.0,
     ("coap", 2): 2.0, ("coap", 3): 25.0, ("coap", 4): 63.0,
 }
-_CPU_EVAL_MINUTES = {2: 8.0, 3: 15.0, 4: 25.0}
+_CPU_EVAL_MINUTES = {2: 5.5, 3: 15.0, 4: 25.0}
 
 
 # ------------------------------------------------------------------------------------------------
