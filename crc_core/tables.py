@@ -29,7 +29,8 @@ from .runs import TABLES, Preset, Run, format_radius, get_preset, runs_for_table
 
 __all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
-           "radii_frame", "provenance_frame", "comparison_frame", "reproduction_frame"]
+           "radii_frame", "provenance_frame", "comparison_frame", "reproduction_frame",
+           "tuning_frame"]
 
 #: Shown beside every table made at the ``smoke`` preset.
 SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, small subsets — "
@@ -423,3 +424,20 @@ def reproduction_frame(preset: str | Preset = "cpu", *, results_dir: Optional[os
         prov = pd.DataFrame(columns=["run", "train_cpu_min", "eval_min", "git_commit", "date"])
     keep = ["run", "train_cpu_min", "eval_min", "git_commit", "date"]
     return long.merge(prov[keep], on="run", how="left")
+
+
+#: The record of what was tried (committed with the repository, whatever the results root).
+TUNING_CSV = Path(__file__).resolve().parents[1] / "results" / "tuning.csv"
+
+
+def tuning_frame(path: Optional[os.PathLike] = None):
+    """What was tried beyond the presets' recipes (:data:`TUNING_CSV`): one row per training
+    run with ``date``, ``base_run``, ``change``, ``epochs``, ``clean_accuracy`` and
+    ``certified_test_1.58`` (percent, whole test set, sound all-classes) and a ``note``."""
+    import pandas as pd
+
+    path = Path(path) if path is not None else TUNING_CSV
+    if not path.is_file():
+        return pd.DataFrame(columns=["date", "base_run", "change", "epochs", "clean_accuracy",
+                                     "certified_test_1.58", "note"])
+    return pd.read_csv(path, comment="#")

@@ -104,3 +104,10 @@ def test_anatomy_of_one_certificate():
     assert (a.attack - a.x).norm() <= 0.5 + 1e-6
     with pytest.raises(ValueError, match="y must lie in"):
         anatomy.certificate_anatomy(model, x, 10)
+
+
+def test_tuning_record_is_read():
+    frame = tables.tuning_frame()
+    assert list(frame.columns) == ["date", "base_run", "change", "epochs", "clean_accuracy",
+                                   "certified_test_1.58", "note"]
+    assert len(frame) >= 1 and set(frame["base_run"]) <= set(RUNS)
