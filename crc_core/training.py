@@ -22,7 +22,8 @@ A run lives in a directory (``runs/…``, git-ignored)::
     checkpoint.pt     everything needed to resume: model, optimizer, completed epochs,
                       the data-order generator's state, the global torch RNG state, the
                       curvature estimate's warm-start vectors, history
-    model-best.pt     the paper's checkpoint: best clean test accuracy so far (MLP.save format)
+    model-best.pt     the authors' checkpoint: best clean test accuracy so far (MLP.save format;
+                      kept for comparison: the evaluation uses the last epoch, crc_core.store)
     model-last.pt     the weights after the last completed epoch (MLP.save format)
     spec.json         the TrainSpec, readable
     history.json      one row per epoch: loss, train accuracy, mean K, test accuracy, seconds, lr
