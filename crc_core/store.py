@@ -373,9 +373,8 @@ def verify(name: str, preset: str | Preset = "cpu", *, images: Optional[slice] =
         recomputed), ...], "ok"}``.
     """
     from . import data
-    from .runs import get_preset as _gp
 
-    preset = _gp(preset)
+    preset = get_preset(preset)
     stored = load_result(results_path(name, preset, results_dir))
     per = stored.get("per_test_image")
     if per is None:
