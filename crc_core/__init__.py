@@ -19,8 +19,8 @@ Submodules, one concept each (the map, with the direction of imports, is in READ
 - data: :mod:`~crc_core.data` over :mod:`~crc_core.data_sources` and :mod:`~crc_core.idx`;
 - experiments: :mod:`~crc_core.runs` (registry, presets), :mod:`~crc_core.evaluation` and
   :mod:`~crc_core.metrics`, :mod:`~crc_core.store` (results, released weights, verify),
-  :mod:`~crc_core.reference` (the paper's numbers), :mod:`~crc_core.tables` (what the notebooks
-  show), :mod:`~crc_core.anatomy` and :mod:`~crc_core.figures` (one certificate, drawn);
+  :mod:`~crc_core.reference` (the paper's numbers), :mod:`~crc_core.tuning` (tries beyond a
+  preset's recipe, recorded), :mod:`~crc_core.tables` (what the notebooks show), :mod:`~crc_core.anatomy` and :mod:`~crc_core.figures` (one certificate, drawn);
   :mod:`~crc_core.experiments` is their front and command line.
 
 Submodules are imported on first access (``crc_core.hessian``) or explicitly
@@ -37,7 +37,7 @@ _SUBMODULES = {
     "verified_linalg", "local_bounds", "curvature_estimate", "duality", "pair_certificates",
     "dual_solvers", "dual_bound", "reference_schedules", "attacks", "training", "baselines",
     "data", "data_sources", "idx", "runs", "evaluation", "metrics", "store", "reference",
-    "tables", "anatomy", "figures", "experiments",
+    "tables", "tuning", "anatomy", "figures", "experiments",
 }
 
 

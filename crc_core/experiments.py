@@ -5,13 +5,16 @@ The pipeline, one module per step (design notes in README.md):
 - :mod:`crc_core.runs` — every network the tables need (:data:`RUNS`) and the presets;
 - :mod:`crc_core.evaluation` — per-image tables of a trained net and the metrics they give;
 - :mod:`crc_core.store` — train and evaluate a run into ``results/``, released weights, verify;
-- :mod:`crc_core.reference` — the paper's numbers (a CSV), the reference column only.
+- :mod:`crc_core.reference` — the paper's numbers (a CSV), the reference column only;
+- :mod:`crc_core.tuning` — tries beyond a preset's recipe, recorded in ``results/tuning.csv``.
 
 Command line::
 
     python -m crc_core.experiments list [--preset cpu]
     python -m crc_core.experiments run mnist-softplus-2x1024-crt-g0.01-r1.58 --preset cpu [--force]
     python -m crc_core.experiments verify mnist-softplus-2x1024-crt-g0.01-r1.58 [--images 0:1000]
+    python -m crc_core.experiments try mnist-relu-2x1024-crown-ibp-r1.58 --set crown_ibp_final_beta=2
+    python -m crc_core.experiments try mnist-relu-2x1024-crown-ibp-r1.58 --stored   # the recipe's row
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import training
+from . import training, tuning
 from .evaluation import CROWN_MODES, evaluate
 from .reference import paper_reference
 from .runs import (EVAL_RADII, EVAL_SEED, PRESETS, RUNS, TABLES, TRAIN_RHO, Preset, Run,
@@ -103,8 +106,31 @@ def _slice(text: str) -> slice:
         raise argparse.ArgumentTypeError(f"expected START:STOP, got {text!r}") from None
 
 
+def _try(args) -> int:
+    try:
+        if args.stored:
+            if args.changes:
+                raise ValueError("--stored records the stored recipe: it takes no --set")
+            row = tuning.record_stored(args.name, args.preset, note=args.note)
+        else:
+            if not args.changes:
+                raise ValueError("a try needs at least one --set FIELD=VALUE (or --stored)")
+            row = tuning.try_variant(args.name, tuning.parse_changes(args.changes), args.preset,
+                                     note=args.note, device=args.device,
+                                     progress=not args.no_progress, until_epoch=args.until_epoch)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if row is None:
+        print(f"{args.name}: the try stopped after epoch {args.until_epoch}; run the same "
+              "command again to continue")
+        return 0
+    print(", ".join(f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m crc_core.experiments {list,run,verify} …``; returns the exit status."""
+    """``python -m crc_core.experiments {list,run,verify,try} …``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m crc_core.experiments",
                                      description="The runs the paper's tables need: list, train, evaluate, verify.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +160,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_ver.add_argument("--images", type=_slice, default=None,
                        help="a slice START:STOP of the test set (default: every stored image)")
     p_ver.add_argument("--threads", type=int, default=None)
+    p_try = sub.add_parser("try", help="train and evaluate a variant of a run (changed spec "
+                                       "fields) and record it in results/tuning.csv")
+    p_try.add_argument("name", help="the run it varies (see `list`)")
+    p_try.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    p_try.add_argument("--set", dest="changes", action="append", default=[], metavar="FIELD=VALUE",
+                       help="a spec field to change (repeatable), e.g. crown_ibp_final_beta=2, "
+                            "epochs=30, gamma=0.02, rho=2")
+    p_try.add_argument("--stored", action="store_true",
+                       help="record the stored run of the recipe itself (no --set; trains nothing)")
+    p_try.add_argument("--note", default="", help="free text for the record's row")
+    p_try.add_argument("--device", default="cpu")
+    p_try.add_argument("--until-epoch", type=int, default=None,
+                       help="stop training after this epoch (resume with the same command)")
+    p_try.add_argument("--threads", type=int, default=None)
+    p_try.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -144,6 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
             return 1
         torch.set_num_threads(args.threads)
+    if args.command == "try":
+        return _try(args)
     if args.command == "verify":
         try:
             report = verify(args.name, args.preset, images=args.images)

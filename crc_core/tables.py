@@ -26,6 +26,7 @@ from . import store
 from .atomic_files import atomic_write_via
 from .reference import paper_records
 from .runs import TABLES, Preset, Run, format_radius, get_preset, runs_for_table
+from .tuning import COLUMNS as TUNING_COLUMNS, TUNING_CSV
 
 __all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
@@ -426,18 +427,14 @@ def reproduction_frame(preset: str | Preset = "cpu", *, results_dir: Optional[os
     return long.merge(prov[keep], on="run", how="left")
 
 
-#: The record of what was tried (committed with the repository, whatever the results root).
-TUNING_CSV = Path(__file__).resolve().parents[1] / "results" / "tuning.csv"
-
-
 def tuning_frame(path: Optional[os.PathLike] = None):
-    """What was tried beyond the presets' recipes (:data:`TUNING_CSV`): one row per training
-    run with ``date``, ``base_run``, ``change``, ``epochs``, ``clean_accuracy`` and
-    ``certified_test_1.58`` (percent, whole test set, sound all-classes) and a ``note``."""
+    """What was tried beyond the presets' recipes (:data:`crc_core.tuning.TUNING_CSV`): one row
+    per training run with the columns :data:`crc_core.tuning.COLUMNS` — ``date``, ``base_run``,
+    ``change``, ``epochs``, ``clean_accuracy`` and ``certified_test_1.58`` (percent, whole test
+    set, all classes, by the run's own ``certificate``) and a ``note``."""
     import pandas as pd
 
     path = Path(path) if path is not None else TUNING_CSV
     if not path.is_file():
-        return pd.DataFrame(columns=["date", "base_run", "change", "epochs", "clean_accuracy",
-                                     "certified_test_1.58", "note"])
+        return pd.DataFrame(columns=list(TUNING_COLUMNS))
     return pd.read_csv(path, comment="#")

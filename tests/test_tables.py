@@ -109,5 +109,5 @@ def test_anatomy_of_one_certificate():
 def test_tuning_record_is_read():
     frame = tables.tuning_frame()
     assert list(frame.columns) == ["date", "base_run", "change", "epochs", "clean_accuracy",
-                                   "certified_test_1.58", "note"]
+                                   "certified_test_1.58", "certificate", "note"]
     assert len(frame) >= 1 and set(frame["base_run"]) <= set(RUNS)

@@ -1,0 +1,130 @@
+"""Tests of crc_core.tuning: parsing changes, the variant's spec and name, a smoke try end to end
+into temporary roots (its stored results, its row recounted from them), the record's CSV, and the
+command line's errors."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from crc_core import experiments, store, tables, tuning
+from crc_core.runs import PRESETS, RUNS
+
+BASELINE_RUN = "mnist-relu-2x1024-crown-ibp-r1.58"
+SMOOTH_RUN = "mnist-sigmoid-2x1024-standard"
+
+
+def test_parse_changes_types_values_by_field():
+    changes = tuning.parse_changes(["crown_ibp_final_beta=2", "epochs=30", "rho=2",
+                                    "train_subset=none", "lr_schedule=constant"])
+    assert changes == {"crown_ibp_final_beta": 2.0, "epochs": 30, "rho": 2.0,
+                       "train_subset": None, "lr_schedule": "constant"}
+    assert isinstance(changes["epochs"], int) and isinstance(changes["crown_ibp_final_beta"], float)
+
+
+@pytest.mark.parametrize("items, message", [
+    (["epochs"], "FIELD=VALUE"),
+    (["epochs="], "FIELD=VALUE"),
+    (["depth=3"], "unknown spec field"),
+    (["activation=relu"], "another run"),
+    (["epochs=2.5"], "integer"),
+    (["gamma=big"], "number"),
+    (["gamma=none"], "cannot be None"),
+    (["epochs=3", "epochs=4"], "twice"),
+])
+def test_parse_changes_rejects_bad_items(items, message):
+    with pytest.raises(ValueError, match=message):
+        tuning.parse_changes(items)
+
+
+def test_variant_spec_and_name():
+    spec = tuning.variant_spec(BASELINE_RUN, "cpu", {"crown_ibp_final_beta": 2.0})
+    base = PRESETS["cpu"].apply(RUNS[BASELINE_RUN].spec)
+    assert spec == base.replace(crown_ibp_final_beta=2.0)
+    assert tuning.variant_name(BASELINE_RUN, {"epochs": 30, "crown_ibp_final_beta": 2.0}) == \
+        f"{BASELINE_RUN}--crown_ibp_final_beta=2,epochs=30"
+    with pytest.raises(ValueError, match="unchanged"):
+        tuning.variant_spec(BASELINE_RUN, "cpu", {"crown_ibp_final_beta": 1.0})
+    with pytest.raises(ValueError, match="crown_ibp_final_beta"):   # only for crown-ibp
+        tuning.variant_spec(SMOOTH_RUN, "cpu", {"crown_ibp_final_beta": 2.0})
+    with pytest.raises(ValueError, match="at least one"):
+        tuning.variant_name(BASELINE_RUN, {})
+    with pytest.raises(ValueError, match="unknown run"):
+        tuning.variant_spec("no-such-run", "cpu", {"epochs": 3})
+
+
+def test_append_row_checks_columns_and_header(tmp_path):
+    path = tmp_path / "tuning.csv"
+    row = dict.fromkeys(tuning.COLUMNS, "x")
+    tuning.append_row(row, path)
+    tuning.append_row({**row, "note": "a, b"}, path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(tuning.COLUMNS) and rows[2][-1] == "a, b" and len(rows) == 3
+    with pytest.raises(ValueError, match="columns"):
+        tuning.append_row({"date": "x"}, path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("# a comment\ndate,base_run\n")
+    with pytest.raises(ValueError, match="header"):
+        tuning.append_row(row, bad)
+
+
+def test_committed_record_has_the_columns():
+    frame = tables.tuning_frame()
+    assert list(frame.columns) == list(tuning.COLUMNS)
+    assert set(frame["certificate"]) <= {"global", "crown", "coap"}
+
+
+@pytest.fixture(scope="module")
+def smoke_try(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuning")
+    record = root / "tuning.csv"
+    row = tuning.try_variant(SMOOTH_RUN, {"epochs": 2}, "smoke", note="smoke test",
+                             results_dir=root / "results", runs_dir=root / "runs",
+                             tuning_csv=record, progress=False)
+    return root, record, row
+
+
+def test_a_try_is_stored_and_its_row_comes_from_its_results(smoke_try):
+    root, record, row = smoke_try
+    variant = tuning.variant_name(SMOOTH_RUN, {"epochs": 2})
+    path = root / "results" / "smoke" / "tuning" / f"{variant}.json"
+    result = json.loads(path.read_text())
+    assert result["name"] == variant and result["schema"] == store.RESULTS_SCHEMA
+    assert result["spec"]["epochs"] == 2 == result["evaluated_epoch"] == row["epochs"]
+    m = result["metrics"]
+    assert row["clean_accuracy"] == round(100 * m["clean_accuracy"]["value"], 2)
+    assert row["certified_test_1.58"] == \
+        round(100 * m["certified_accuracy/all-classes/global/1.58"]["value"], 2)
+    assert row["certificate"] == "global" and row["change"] == "epochs 2"
+    assert row["note"] == f"smoke test; results/smoke/tuning/{variant}.json"
+    frame = tables.tuning_frame(record)
+    assert len(frame) == 1 and frame.loc[0, "base_run"] == SMOOTH_RUN
+    # the try's results are not a run of the store
+    assert SMOOTH_RUN not in store.load_results("smoke", root / "results").index
+    assert not list((root / "results" / "smoke").glob("*.json"))
+
+
+def test_a_stored_try_is_not_redone_nor_recorded_twice(smoke_try):
+    root, record, row = smoke_try
+    again = tuning.try_variant(SMOOTH_RUN, {"epochs": 2}, "smoke", note="smoke test",
+                               results_dir=root / "results", runs_dir=root / "runs",
+                               tuning_csv=record, progress=False)
+    assert again == row
+    assert len(tables.tuning_frame(record)) == 1
+
+
+def test_record_stored_needs_a_stored_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not stored"):
+        tuning.record_stored(SMOOTH_RUN, "smoke", results_dir=tmp_path,
+                             tuning_csv=tmp_path / "t.csv")
+
+
+def test_command_line_errors(capsys):
+    assert experiments.main(["try", BASELINE_RUN]) == 1
+    assert "at least one --set" in capsys.readouterr().err
+    assert experiments.main(["try", BASELINE_RUN, "--stored", "--set", "epochs=3"]) == 1
+    assert "takes no --set" in capsys.readouterr().err
+    assert experiments.main(["try", BASELINE_RUN, "--set", "widths=3"]) == 1
+    assert "another run" in capsys.readouterr().err
