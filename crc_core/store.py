@@ -134,8 +134,11 @@ def _git(*args: str) -> Optional[str]:
 
 
 def _code_state() -> Dict[str, Any]:
-    """The git commit and dirty flag of the code, read when a run starts (the code then loaded)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """The git commit and dirty flag of the code, read when a run starts (the code then loaded).
+
+    Changes under ``results/`` (the store itself, e.g. the tuning record a finished try appends
+    to) are data, not code: they do not make the code dirty."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": None if status is None else bool(status)}
 
