@@ -3,7 +3,7 @@
 #
 #   nohup tools/run_queue.sh LOGDIR "experiments run A --preset cpu" "experiments try B --set ..." &
 #
-# Each argument is the argument list of `python -m crc_core.experiments` (the queue adds
+# Each argument is the argument list of `python -m crc_core.experiments`, shell-quoted (the queue adds
 # `--threads 1 --no-progress`), logged to LOGDIR/<n>-<first words>.log. Before each start the queue
 # waits until the code is committed (no tracked change outside results/), so every stored result
 # names the commit it was made with (provenance git_commit, git_dirty false). A failing command is
@@ -22,7 +22,7 @@ for cmd in "$@"; do
   name=$(echo "$cmd" | awk '{print $2}')
   log="$logdir/$n-$name.log"
   echo "$(date -u +%FT%TZ) start: $cmd" >> "$logdir/queue.log"
-  # shellcheck disable=SC2086
-  nice -n 10 .venv/bin/python -m crc_core.experiments $cmd --threads 1 --no-progress > "$log" 2>&1
+  eval "nice -n 10 .venv/bin/python -m crc_core.experiments $cmd --threads 1 --no-progress" \
+    > "$log" 2>&1
   echo "$(date -u +%FT%TZ) exit $?: $cmd" >> "$logdir/queue.log"
 done
