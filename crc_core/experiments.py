@@ -30,12 +30,14 @@ from .reference import paper_reference
 from .runs import (EVAL_RADII, EVAL_SEED, PRESETS, RUNS, TABLES, TRAIN_RHO, Preset, Run,
                    format_radius, get_preset, get_run, run_name, runs_for_table)
 from .store import (RELEASED_RUNS, RESULTS_SCHEMA, load_network, load_result, load_results,
-                    results_path, results_root, run_experiment, runs_root, verify, weights_path)
+                    results_path, results_root, run_experiment, runs_root, stored_status, verify,
+                    weights_path)
 
 __all__ = [
     "EVAL_RADII", "EVAL_SEED", "TRAIN_RHO", "RESULTS_SCHEMA", "RELEASED_RUNS", "Run", "Preset",
     "RUNS", "PRESETS", "TABLES", "run_name", "get_run", "get_preset", "runs_for_table",
-    "results_root", "runs_root", "results_path", "weights_path", "run_experiment", "evaluate",
+    "results_root", "runs_root", "results_path", "weights_path", "run_experiment", "stored_status",
+    "evaluate",
     "CROWN_MODES", "load_result", "load_results", "load_network", "verify", "paper_reference",
     "list_runs", "main",
 ]
@@ -80,20 +82,18 @@ def list_runs(preset: Optional[str] = None, results_dir=None) -> str:
         for run in runs:
             path = results_path(run.name, p, results_dir)
             train_min = eval_min = headline = ""
-            if path.is_file():
-                status = "stored"
+            status = stored_status(run.name, p, results_dir)
+            if status != "missing":
                 res = load_result(path)
                 prov = res["provenance"]
                 cpu = prov.get("train_cpu_seconds")
                 train_min = _minutes(cpu if cpu is not None else prov.get("train_seconds"))
                 eval_min = _minutes(prov.get("eval_seconds"))
                 headline = _headline(res)
-            else:
-                status = "missing"
             lines.append(f"[{p.name}]  {run.method:<10} {run.name:<{width}}  "
                          f"{','.join(run.tables):<{twidth}}  {status:<8} {train_min:>9} "
                          f"{eval_min:>8}  {headline}".rstrip())
-        stored = sum(results_path(run.name, p, results_dir).is_file() for run in runs)
+        stored = sum(stored_status(run.name, p, results_dir) == "stored" for run in runs)
         lines += ["", f"{p.name}: {stored}/{len(runs)} stored in {results_root(results_dir) / p.name}", ""]
     return "\n".join(lines).rstrip()
 

@@ -35,7 +35,7 @@ from .models import MLP
 from .runs import Preset, get_preset, get_run
 
 __all__ = ["RESULTS_SCHEMA", "RELEASED_RUNS", "results_root", "runs_root", "results_path",
-           "weights_path", "run_experiment", "load_result", "load_results", "dumps",
+           "weights_path", "run_experiment", "stored_status", "load_result", "load_results", "dumps",
            "write_json", "release_weights", "load_network", "verify", "VERIFY_TOLERANCE"]
 
 #: Identifies the layout of a results file (results/README.md).
@@ -219,7 +219,13 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         return _evaluate_and_store(run, spec, model, training.read_history(run_dir), preset,
                                    device, out, code_state, progress)
     if out.is_file() and not force:
-        return load_result(out)
+        result = load_result(out)
+        if result.get("spec") != spec.to_dict():
+            raise ValueError(
+                f"{out} was made with another spec than {name}'s at preset {preset.name} now "
+                f"(the registry changed): retrain it with force=True (--force).\n"
+                f"  stored: {result.get('spec')}\n  now:    {spec.to_dict()}")
+        return result
     model = training.train(spec, run_dir, resume=not force, progress=progress, device=device,
                            until_epoch=until_epoch, select="last")
     history = training.read_history(run_dir)
@@ -254,6 +260,17 @@ def _evaluate_and_store(run, spec, model, history, preset: Preset, device, out: 
         release_weights(model, run.name, preset, out.parent.parent)
     write_json(result, out)
     return json.loads(json.dumps(result))
+
+
+def stored_status(name: str, preset: str | Preset = "cpu",
+                  results_dir: Optional[os.PathLike] = None) -> str:
+    """``"stored"`` (results of the registry's spec at ``preset``), ``"stale"`` (results made
+    with another spec: the registry changed since; retrain with ``force``) or ``"missing"``."""
+    path = results_path(name, preset, results_dir)
+    if not path.is_file():
+        return "missing"
+    spec = get_preset(preset).apply(get_run(name).spec)
+    return "stored" if load_result(path).get("spec") == spec.to_dict() else "stale"
 
 
 def load_result(path: os.PathLike) -> Dict[str, Any]:

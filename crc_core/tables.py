@@ -154,34 +154,34 @@ def ensure_runs(table: str, preset: str | Preset = "cpu", *, train_missing: bool
 
     Returns:
         A DataFrame, one row per run: ``run``, ``network``, ``training``, ``status``
-        (``stored``, ``trained now`` or ``missing``), ``estimate_min``, ``minutes`` (spent now).
+        (``stored``, ``trained now``, ``missing`` or ``stale``: stored results of another spec,
+        retrained when ``train_missing``), ``estimate_min``, ``minutes`` (spent now).
     """
     import pandas as pd
 
     preset = get_preset(preset)
     runs = runs_for_table(table)
-    todo = [run for run in runs
-            if force or not store.results_path(run.name, preset, results_dir).is_file()]
+    status = {run.name: store.stored_status(run.name, preset, results_dir) for run in runs}
+    todo = [run for run in runs if force or status[run.name] != "stored"]
     if todo and train_missing:
         total = sum(estimate_minutes(run, preset) for run in todo)
         print(f"{table} at preset {preset.name}: {len(runs) - len(todo)} of {len(runs)} runs stored; "
-              f"training {len(todo)} ({'retraining all' if force else 'the missing ones'}), "
+              f"training {len(todo)} ({'retraining all' if force else 'the missing or stale ones'}), "
               f"estimated {total:.0f} min on 2 CPU cores", file=sys.stderr, flush=True)
     rows = []
     for i, run in enumerate(runs):
-        stored = store.results_path(run.name, preset, results_dir).is_file()
         row = {"run": run.name, "network": _network(run), "training": _training(run),
                "estimate_min": round(estimate_minutes(run, preset), 1), "minutes": 0.0}
         if run in todo and train_missing:
             if progress:
                 print(f"[{todo.index(run) + 1}/{len(todo)}] {run.name}", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            store.run_experiment(run.name, preset, force=force, results_dir=results_dir,
-                                 runs_dir=runs_dir, progress=progress)
+            store.run_experiment(run.name, preset, force=force or status[run.name] == "stale",
+                                 results_dir=results_dir, runs_dir=runs_dir, progress=progress)
             row["minutes"] = round((time.perf_counter() - start) / 60, 2)
             row["status"] = "trained now"
         else:
-            row["status"] = "stored" if stored else "missing"
+            row["status"] = status[run.name]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -196,7 +196,7 @@ def long_table(table: str, preset: str | Preset = "cpu", *,
 
     Columns: ``table``, ``run``, ``network``, ``training``, ``group`` (the ρ of a column group,
     or "beyond the paper"), ``quantity``, ``metric`` (the results key), ``status`` (``stored`` /
-    ``missing``), ``ours`` (NaN when missing or not applicable), ``lo``, ``hi`` (95% Wilson
+    ``missing`` / ``stale``), ``ours`` (NaN when not stored or not applicable), ``lo``, ``hi`` (95% Wilson
     interval of a proportion), ``n``, ``paper`` (NaN where the paper reports nothing),
     ``difference`` (ours − paper), ``preset``. Proportions are fractions; radii and K as they
     are.
@@ -208,7 +208,8 @@ def long_table(table: str, preset: str | Preset = "cpu", *,
     rows: List[Dict[str, Any]] = []
     for run in runs_for_table(table):
         path = store.results_path(run.name, preset, results_dir)
-        metrics = store.load_result(path)["metrics"] if path.is_file() else None
+        status = store.stored_status(run.name, preset, results_dir)
+        metrics = store.load_result(path)["metrics"] if status == "stored" else None
         for q in _quantities(table, run):
             value = metrics.get(q["metric"]) if metrics is not None else None
             ours = lo = hi = n = math.nan
@@ -220,7 +221,7 @@ def long_table(table: str, preset: str | Preset = "cpu", *,
             rows.append({"table": table, "run": run.name, "network": _network(run),
                          "training": _training(run), "group": q["group"],
                          "quantity": q["quantity"], "metric": q["metric"],
-                         "status": "stored" if metrics is not None else "missing",
+                         "status": status,
                          "ours": ours, "lo": lo, "hi": hi, "n": n, "paper": paper,
                          "difference": ours - paper, "preset": preset.name})
     return pd.DataFrame(rows)
@@ -243,7 +244,7 @@ def paper_table(table: str, preset: str | Preset = "cpu", *,
 
     cells = pd.DataFrame({
         "network": long["network"], "training": long["training"], "quantity": long["quantity"],
-        "ours": [("missing" if st == "missing" else (fmt(v * s, 2 if s > 1 else 3) or "—"))
+        "ours": [(st if st in ("missing", "stale") else (fmt(v * s, 2 if s > 1 else 3) or "—"))
                  for v, s, st in zip(long["ours"], scale, long["status"])],
         "95% CI": [("" if pd.isna(lo) else f"{lo * s:.1f}–{hi * s:.1f}")
                    for lo, hi, s in zip(long["lo"], long["hi"], scale)],

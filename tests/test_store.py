@@ -174,3 +174,41 @@ def test_released_2x1024_net_recertifies_its_stored_certificates():
     report = store.verify(name, "cpu", images=slice(0, 200), progress=False)
     assert report["images"] == 200 and report["compared"] >= 800
     assert report["ok"], report["mismatches"][:5]
+
+
+def test_results_of_another_spec_are_stale_not_reused(smoke_result, tmp_path):
+    """A stored result whose spec is no longer the registry's (the registry changed) is
+    reported as stale: not shown in the tables, not returned by run_experiment, retrained by
+    ensure_runs."""
+    from crc_core import experiments, tables
+
+    root, result = smoke_result
+    results = tmp_path / "results"
+    path = store.results_path(SMOOTH_RUN, "smoke", results)
+    path.parent.mkdir(parents=True)
+    assert store.stored_status(SMOOTH_RUN, "smoke", results) == "missing"
+    store.write_json(result, path)
+    assert store.stored_status(SMOOTH_RUN, "smoke", results) == "stored"
+    store.write_json({**result, "spec": {**result["spec"], "gamma": 0.5}}, path)
+    assert store.stored_status(SMOOTH_RUN, "smoke", results) == "stale"
+    with pytest.raises(ValueError, match="another spec"):
+        store.run_experiment(SMOOTH_RUN, "smoke", results_dir=results, runs_dir=tmp_path / "runs",
+                             progress=False)
+    line = next(l for l in experiments.list_runs("smoke", results).splitlines()
+                if SMOOTH_RUN in l.split())
+    assert " stale " in line
+    long = tables.long_table("table3", "smoke", results_dir=results)
+    mine = long[long["run"] == SMOOTH_RUN]
+    assert set(mine["status"]) == {"stale"} and mine["ours"].isna().all()
+    status = tables.ensure_runs("table3", "smoke", train_missing=False, results_dir=results)
+    assert status.set_index("run").loc[SMOOTH_RUN, "status"] == "stale"
+
+
+def test_committed_results_are_of_the_registry_specs():
+    """Every committed results file was made with its run's spec at its preset now."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for path in sorted((repo / "results").glob("*/*.json")):
+        preset, name = path.parent.name, path.stem
+        assert store.stored_status(name, preset, repo / "results") == "stored", path
