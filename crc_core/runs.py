@@ -175,18 +175,20 @@ def runs_for_table(table: str) -> List[Run]:
 # estimate, 5.4, was taken under heavier load, so 3- and 4-layer CRT got 8 and 6 epochs before:
 # now 20 and 14, the same ~45-minute budget) / about 3 for L = 4 (the 10-step attack plus the
 # curvature estimate), pgd (10 steps) 1.8 / 3.8,
-# standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. Baselines (benchmarks/baselines.py, one
-# thread, shared cores, seconds per step of 128): crown-ibp 0.2-0.26 / 0.33-0.56 / 0.5-1.0 for
-# L = 2 / 3 / 4 (relu and softplus alike), i.e. about 2 / 3.5 / 6 minutes per epoch; coap
-# 0.18-0.31 (exact l2 dual) / 2.5-3.7 / 8 (50 random projections), i.e. about 2 / 25 / 63
-# minutes per epoch — COAP's deeper nets get only 2 / 1 epochs here (ε still reaches ρ halfway).
+# standard 0.15 / 0.3 / 0.5, curvature 0.2 / 0.4 / 0.7. Baselines: the stored 2x1024 ReLU
+# CROWN-IBP run took 0.85 min an epoch (17 CPU-min for 20, beside one other run);
+# benchmarks/baselines.py with three processes on the 2 cores (where its 2-layer step is 1.8x the
+# run's) gives crown-ibp 0.19 / 0.42 / 0.64-0.70 s a step of 128 for L = 2 / 3 / 4 (relu and
+# softplus alike) and coap 0.20 (exact l2 dual) / 2.6 / 6.6 (50 random projections): about
+# 0.9 / 1.8 / 2.7 and 0.9 / 11 / 29 minutes an epoch in a run. So CROWN-IBP gets 20 / 20 / 14
+# epochs (as CRT) and COAP 20 / 4 / 2 (ε still reaches ρ halfway through).
 _CPU_EPOCHS: Dict[Tuple[str, int], int] = {
     ("standard", 2): 30, ("standard", 3): 30, ("standard", 4): 30,
     ("curvature", 2): 30, ("curvature", 3): 30, ("curvature", 4): 30,
     ("crt", 2): 24, ("crt", 3): 20, ("crt", 4): 14,
     ("pgd", 2): 20, ("pgd", 3): 12, ("pgd", 4): 8,
-    ("crown-ibp", 2): 20, ("crown-ibp", 3): 12, ("crown-ibp", 4): 8,
-    ("coap", 2): 20, ("coap", 3): 2, ("coap", 4): 1,
+    ("crown-ibp", 2): 20, ("crown-ibp", 3): 20, ("crown-ibp", 4): 14,
+    ("coap", 2): 20, ("coap", 3): 4, ("coap", 4): 2,
 }
 
 
