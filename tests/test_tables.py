@@ -111,3 +111,13 @@ def test_tuning_record_is_read():
     assert list(frame.columns) == ["date", "base_run", "change", "epochs", "clean_accuracy",
                                    "certified_test_1.58", "certificate", "note"]
     assert len(frame) >= 1 and set(frame["base_run"]) <= set(RUNS)
+
+
+def test_smooth_baselines_show_the_crc_certificate_beside_their_own():
+    long = tables.long_table("table3", "smoke")
+    crc = long[long["quantity"].str.startswith("CRC on the same net")]
+    assert set(crc["run"]) == {r for r in set(long["run"]) if "crown-ibp" in r or "coap" in r}
+    assert set(crc["metric"]) == {"certified_accuracy/all-classes/global/1.58",
+                                  "certified_accuracy/all-classes/global/0.5"}
+    crt = long[long["run"].str.contains("-crt-")]
+    assert not crt["quantity"].str.startswith("CRC on the same net").any()
