@@ -218,14 +218,14 @@ def run_experiment(name: str, preset: str | Preset = "cpu", force: bool = False,
         model = training.load_model(run_dir, "last", device=device)
         return _evaluate_and_store(run, spec, model, training.read_history(run_dir), preset,
                                    device, out, code_state, progress)
-    if out.is_file() and not force:
-        result = load_result(out)
-        if result.get("spec") != spec.to_dict():
-            raise ValueError(
-                f"{out} was made with another spec than {name}'s at preset {preset.name} now "
-                f"(the registry changed): retrain it with force=True (--force).\n"
-                f"  stored: {result.get('spec')}\n  now:    {spec.to_dict()}")
-        return result
+    status = stored_status(name, preset, results_dir)
+    if status == "stale" and not force:
+        raise ValueError(
+            f"{out} was made with another spec than {name}'s at preset {preset.name} now "
+            f"(the registry changed): retrain it with force=True (--force).\n"
+            f"  stored: {load_result(out).get('spec')}\n  now:    {spec.to_dict()}")
+    if status == "stored" and not force:
+        return load_result(out)
     model = training.train(spec, run_dir, resume=not force, progress=progress, device=device,
                            until_epoch=until_epoch, select="last")
     history = training.read_history(run_dir)

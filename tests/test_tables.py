@@ -111,6 +111,7 @@ def test_tuning_record_is_read():
     assert list(frame.columns) == ["date", "base_run", "change", "epochs", "clean_accuracy",
                                    "certified_test_1.58", "certificate", "note"]
     assert len(frame) >= 1 and set(frame["base_run"]) <= set(RUNS)
+    assert set(frame["certificate"]) <= {"global", "crown", "coap"}
 
 
 def test_smooth_baselines_show_the_crc_certificate_beside_their_own():
