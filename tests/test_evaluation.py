@@ -294,3 +294,49 @@ def test_no_committed_certificate_is_broken_by_the_stored_pgd():
             assert all(v == 0 for v in counts.values()), (path.name, rho, counts)
             checked += len(counts)
     assert checked > 0 or not files
+
+
+# --------------------------------------------------------------------------------------
+# Baseline certificates at nested radii (the test-set table bounds only what is open)
+# --------------------------------------------------------------------------------------
+
+class _CountingCrown:
+    """CROWN's margin bounds, recording which images each call bounded."""
+
+    def __init__(self):
+        from crc_core.baselines import crown
+        self.crown = crown
+        self.calls = []
+
+    def margin_lower_bounds(self, model, x, y, rho):
+        self.calls.append((rho, x.clone()))
+        return self.crown.margin_lower_bounds(model, x, y, rho)
+
+
+def test_nested_baseline_flags_equal_the_direct_ones_and_skip_what_is_settled():
+    from crc_core.attacks import runner_up
+
+    torch.manual_seed(3)
+    model = MLP([20, 32, 32, 10], "relu")
+    x = torch.randn(200, 20)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    y[:40] = (y[:40] + 1) % 10                       # 40 misclassified
+    correct = logits.argmax(1) == y
+    t = runner_up(logits, y)
+    radii = (0.002, 0.01, 0.05)
+    counting = _CountingCrown()
+    nested = evaluation._baseline_flags_nested(counting, model, x, y, t, radii, correct)
+    from crc_core.baselines import crown
+    for rho in radii:
+        direct = evaluation._baseline_flags(crown, model, x, y, t, rho, correct)
+        assert torch.equal(nested[rho][0], direct[0]) and torch.equal(nested[rho][1], direct[1])
+    # the radii vary enough that the check says something
+    counts = [int(nested[rho][1].sum()) for rho in radii]
+    assert counts[0] > counts[-1] > 0
+    # largest radius first, on the correctly classified images only; then only the open ones
+    assert [rho for rho, _ in counting.calls] == sorted(radii, reverse=True)
+    assert counting.calls[0][1].shape[0] == int(correct.sum())
+    open_at_mid = int((correct & ~nested[0.05][1]).sum())
+    assert counting.calls[1][1].shape[0] == open_at_mid
