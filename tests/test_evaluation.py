@@ -340,3 +340,18 @@ def test_nested_baseline_flags_equal_the_direct_ones_and_skip_what_is_settled():
     assert counting.calls[0][1].shape[0] == int(correct.sum())
     open_at_mid = int((correct & ~nested[0.05][1]).sum())
     assert counting.calls[1][1].shape[0] == open_at_mid
+
+
+def test_committed_baseline_certificates_are_nested_in_the_radius():
+    """Every committed test-set baseline flag certified at the larger ρ is certified at the
+    smaller one (as the nested computation assumes, and as the results bounded at every ρ show)."""
+    small, large = (f"{rho:g}" for rho in sorted(EVAL_RADII))
+    checked = 0
+    for path in sorted((REPO / "results").glob("*/*.json")):
+        per_test = json.loads(path.read_text()).get("per_test_image") or {}
+        for key, col in per_test.items():
+            if key.startswith("certified/") and key.endswith("/" + large):
+                inner = per_test[key[: -len(large)] + small]
+                assert not any(a and not b for a, b in zip(col, inner)), (path.name, key)
+                checked += 1
+    assert checked > 0 or not list((REPO / "results").glob("*/*.json"))
