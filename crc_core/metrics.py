@@ -103,7 +103,8 @@ def summarize(test: Mapping[str, Sequence], subset: Mapping[str, Sequence],
 
     Rules (``results/README.md``): certified at ρ means radius ≥ ρ (or a baseline's flag at ρ);
     ``certified_accuracy/…`` counts correct (float32 decision = label) and certified images over
-    the test-set table; ``certified_fraction/…`` counts certified images over the subset (all
+    the test-set table (over the rows of its ``sampled/<bounds>`` column where a bound was
+    computed on a sample of the test set); ``certified_fraction/…`` counts certified images over the subset (all
     correctly classified); ``certificate_success`` counts ``tight``; ``robust_fraction_pgd``
     counts ``pgd_robust``; ``robust_accuracy_pgd`` is that fraction × the clean accuracy.
     """
@@ -121,7 +122,11 @@ def summarize(test: Mapping[str, Sequence], subset: Mapping[str, Sequence],
                 metrics[f"certified_accuracy/{rest}/{format_radius(rho)}"] = \
                     proportion(correct & (values >= rho))
         elif kind == "certified":
-            metrics[f"certified_accuracy/{rest}"] = proportion(correct & values.bool())
+            flags = correct & values.bool()
+            sampled = T.get(f"sampled/{rest.split('/')[1]}")
+            if sampled is not None:
+                flags = flags[sampled.bool()]   # a bound computed on a sample: n = its size
+            metrics[f"certified_accuracy/{rest}"] = proportion(flags)
     for key, values in S.items():
         kind, _, rest = key.partition("/")
         if kind in ("radius", "paper_radius"):

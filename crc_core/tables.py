@@ -55,6 +55,10 @@ _CPU_EVAL_MINUTES = {2: 5.5, 3: 5.0, 4: 6.5}
 #: set at both radii: 22 min, beside another run; the hidden layers' CROWN intervals dominate);
 #: L = 4 extrapolated.
 _CPU_EVAL_MINUTES_BASELINES = {2: 0.5, 3: 26.0, 4: 45.0}
+#: COAP's exact dual on top (0.2 / 0.5 s an image at 3 / 4 layers, measured on one thread): the
+#: 500 subset images and a 1,000-image test-set sample, bounded again at 0.5 where not certified
+#: at 1.58 (about 1.4 bounds an image); measured 0.5 min with the 2-layer run above.
+_CPU_EVAL_MINUTES_COAP_DUAL = {2: 0.5, 3: 7.0, 4: 17.0}
 #: The evaluation of Table 5's smooth nets, which adds CROWN-general's certified radius of every
 #: subset image (a search): measured 5 / 9 / 42 min for the 2 / 3 / 4-layer sigmoid standard nets.
 _CPU_EVAL_MINUTES_CROWN_RADII = {2: 5.0, 3: 9.0, 4: 42.0}
@@ -154,6 +158,8 @@ def estimate_minutes(run: Run, preset: str | Preset = "cpu") -> float:
         per_epoch *= 6.5          # 301 vs 11 gradients per batch, at batch 64 (facts.md)
     if spec.method in ("crown-ibp", "coap"):
         evaluation = _CPU_EVAL_MINUTES_BASELINES[spec.depth]
+        if spec.method == "coap":
+            evaluation += _CPU_EVAL_MINUTES_COAP_DUAL[spec.depth]
     elif default_crown_mode(spec, run.tables) == "radius":
         evaluation = _CPU_EVAL_MINUTES_CROWN_RADII[spec.depth]
     else:
