@@ -39,7 +39,7 @@ from .train_spec import BASELINE_METHODS, TrainSpec
 Tensor = torch.Tensor
 
 __all__ = ["CROWN_MODES", "evaluation_subset", "AUDIT_SCALE", "wilson_interval", "proportion",
-           "times_clean", "default_crown_mode", "coap_test_sample", "test_set_table",
+           "times_clean", "default_crown_mode", "test_sample", "test_set_table",
            "subset_table", "soundness_audit", "curvature_table", "summarize", "evaluate",
            "round_down", "round_up"]
 
@@ -195,7 +195,8 @@ def _baseline_modules(spec: TrainSpec, crown_mode: str, where: str) -> Dict[str,
 
     On the test set (``where="test"``) only the baselines' own certificates are computed (CROWN
     for CROWN-IBP and COAP nets; Table 5's CROWN radii of smooth nets are a subset metric; COAP's
-    dual for COAP nets, on a sample of the test set for deeper nets: :func:`coap_test_sample`)."""
+    dual for COAP nets; each on a sample of the test set where the preset says so:
+    :func:`test_sample`)."""
     out: Dict[str, Any] = {}
     if crown_mode != "none" and (where == "subset" or spec.method in BASELINE_METHODS):
         from .baselines import crown
@@ -206,17 +207,18 @@ def _baseline_modules(spec: TrainSpec, crown_mode: str, where: str) -> Dict[str,
     return out
 
 
-def coap_test_sample(spec: TrainSpec, n_test: int, preset: Preset) -> Optional[Tensor]:
-    """The test images COAP's exact dual certifies, as an (n_test,) bool mask, or None for all.
+def test_sample(spec: TrainSpec, certificate: str, n_test: int, preset: Preset) -> Optional[Tensor]:
+    """The test images a baseline ``certificate`` is computed on, as an (n_test,) bool mask, or
+    None for every one.
 
-    COAP's dual costs 0.2 s an image at 3×1024 and 0.5 s at 4×1024 (one CPU thread), so for nets
-    deeper than two layers it is computed on a uniform random sample of
-    ``preset.coap_test_sample`` test images (seeded by ``EVAL_SEED``, the same for every run):
-    its certified accuracy is then an unbiased estimate of the whole test set's, with n (and the
-    Wilson interval) stated beside it. Two-layer nets, and every net when the preset sets None,
-    are certified on every test image."""
-    k = preset.coap_test_sample
-    if spec.method != "coap" or spec.depth <= 2 or k is None or k >= n_test:
+    Where a certificate is too slow for the whole test set on a CPU (``preset.test_samples``:
+    COAP's exact dual on 3- and 4-layer nets, CROWN on 4-layer ones at ``cpu``) it is computed
+    on a uniform random sample of k test images, seeded by ``EVAL_SEED`` (one permutation of the
+    test set: a smaller sample is a prefix of a larger one, the same for every run). Its
+    certified accuracy is then an unbiased estimate of the whole test set's, stated with n and
+    its Wilson interval."""
+    k = preset.test_samples.get((certificate, spec.depth))
+    if k is None or k >= n_test:
         return None
     gen = torch.Generator().manual_seed(EVAL_SEED)
     mask = torch.zeros(n_test, dtype=torch.bool)
@@ -236,14 +238,14 @@ def test_set_table(model, spec: TrainSpec, X: Tensor, Y: Tensor, preset: Preset,
     for baselines ``certified/<targets>/<crown|coap>/<ρ>`` (bool: correct and every margin bound
     positive on the ball of radius ρ or of a larger ρ of ``EVAL_RADII``: misclassified images
     and images already certified at a larger ρ are not bounded again, see
-    :func:`_baseline_flags_nested`); ``sampled/coap`` (bool) where COAP's dual covers a sample of
-    the test set only (:func:`coap_test_sample`; its flags are False off the sample).
+    :func:`_baseline_flags_nested`); ``sampled/<crown|coap>`` (bool) where that certificate
+    covers a sample of the test set only (:func:`test_sample`; its flags are False off it).
 
     Args:
         model: the trained MLP (on the device of X).
         spec: its training spec (method, depth).
         X, Y: test images (N, D) and labels (N,).
-        preset: batch size (``test_batch_size``) and COAP's sample (``coap_test_sample``).
+        preset: batch size (``test_batch_size``) and the samples (``test_samples``).
         bounds: rigorous per-pair curvature tables (m, M), each (C, C), for smooth nets
             (default: :func:`crc_core.curvature.all_pair_bounds`, computed once here).
         crown_mode: one of :data:`CROWN_MODES` (``"radius"`` adds nothing here: the mean CROWN
@@ -258,7 +260,7 @@ def test_set_table(model, spec: TrainSpec, X: Tensor, Y: Tensor, preset: Preset,
         bounds = curvature.all_pair_bounds(model)
     baselines = _baseline_modules(spec, crown_mode, "test")
     cols: Dict[str, List[Tensor]] = {}
-    samples = {"coap": coap_test_sample(spec, X.shape[0], preset)} if "coap" in baselines else {}
+    samples = {name: test_sample(spec, name, X.shape[0], preset) for name in baselines}
     for name, mask in samples.items():
         if mask is not None:
             cols[f"sampled/{name}"] = [mask]

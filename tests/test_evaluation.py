@@ -359,18 +359,18 @@ def test_committed_baseline_certificates_are_nested_in_the_radius():
     assert checked > 0 or not list((REPO / "results").glob("*/*.json"))
 
 
-def test_coap_on_deeper_nets_covers_a_seeded_sample_of_the_test_set():
+def test_slow_baseline_certificates_cover_a_seeded_sample_of_the_test_set():
     from crc_core import data
     from crc_core.baselines import coap
     from crc_core.metrics import summarize
 
     preset = PRESETS["smoke"]
     torch.manual_seed(0)
-    model = MLP([784, 32, 32, 10], "relu")
+    model = MLP([784, 32, 32, 32, 10], "relu")
     with torch.no_grad():   # a net smooth enough that COAP certifies some images at 0.5
         model.layers[0].weight.mul_(0.3)
-        model.layers[2].bias.copy_(torch.linspace(0, 1, 10))
-    spec = TrainSpec(widths=(784, 32, 32, 10), activation="relu", method="coap", epochs=1,
+        model.layers[3].bias.copy_(torch.linspace(0, 1, 10))
+    spec = TrainSpec(widths=(784, 32, 32, 32, 10), activation="relu", method="coap", epochs=1,
                      rho=1.58)
     X, Y = data.load("mnist", "test")
     X, Y = X[:300], Y[:300]
@@ -378,10 +378,16 @@ def test_coap_on_deeper_nets_covers_a_seeded_sample_of_the_test_set():
         Y = torch.where(torch.arange(300) % 3 == 0, model(X).argmax(1), Y)   # some correct
     table = evaluation.test_set_table(model, spec, X, Y, preset, crown_mode="at-radii",
                                       progress=False)
-    mask = table["sampled/coap"]
-    assert int(mask.sum()) == preset.coap_test_sample
-    assert torch.equal(mask, evaluation.coap_test_sample(spec, 300, preset))   # seeded
     correct = table["predicted"] == table["label"]
+    metrics = summarize(table, {"label": torch.zeros(0)})
+    samples = {name: table[f"sampled/{name}"] for name in ("coap", "crown")}
+    for name, mask in samples.items():
+        k = preset.test_samples[(name, 4)]
+        assert int(mask.sum()) == k
+        assert torch.equal(mask, evaluation.test_sample(spec, name, 300, preset))   # seeded
+        assert metrics[f"certified_accuracy/all-classes/{name}/0.5"]["n"] == k
+    assert not (samples["coap"] & ~samples["crown"]).any()     # the smaller sample is inside
+    mask = samples["coap"]
     for rho in EVAL_RADII:
         key = f"certified/all-classes/coap/{rho:g}"
         assert not table[key][~mask].any()
@@ -389,11 +395,8 @@ def test_coap_on_deeper_nets_covers_a_seeded_sample_of_the_test_set():
         direct = (lb.scatter(1, Y[mask][:, None], math.inf).amin(1) > 0) & correct[mask]
         assert torch.equal(table[key][mask], direct)
     assert int(table["certified/all-classes/coap/0.5"].sum()) > 0
-    assert "certified/all-classes/crown/1.58" in table       # CROWN covers every image
-    metrics = summarize(table, {"label": torch.zeros(0)})
-    assert metrics["certified_accuracy/all-classes/coap/0.5"]["n"] == preset.coap_test_sample
-    assert metrics["certified_accuracy/all-classes/crown/0.5"]["n"] == 300
-    # two-layer nets and a preset without a sample: every test image
-    two = spec.replace(widths=(784, 32, 10))
-    assert evaluation.coap_test_sample(two, 300, preset) is None
-    assert evaluation.coap_test_sample(spec, 300, PRESETS["paper"]) is None
+    # two-layer nets, CROWN on three layers, and a preset without samples: every test image
+    assert evaluation.test_sample(spec.replace(widths=(784, 32, 10)), "coap", 300, preset) is None
+    assert evaluation.test_sample(spec.replace(widths=(784, 32, 32, 10)), "crown", 300,
+                                  preset) is None
+    assert evaluation.test_sample(spec, "coap", 300, PRESETS["paper"]) is None
