@@ -157,7 +157,8 @@ def _baseline_flags(module, model, x: Tensor, y: Tensor, t: Tensor, rho: float,
 
 
 def _baseline_flags_nested(module, model, x: Tensor, y: Tensor, t: Tensor,
-                           radii: Sequence[float], correct: Tensor) -> Dict[float, Tuple[Tensor, Tensor]]:
+                           radii: Sequence[float], correct: Tensor
+                           ) -> Dict[float, Tuple[Tensor, Tensor]]:
     """(runner-up, all-classes) certified flags at every ρ of ``radii``, bounding only what is
     still open.
 

@@ -104,9 +104,10 @@ def summarize(test: Mapping[str, Sequence], subset: Mapping[str, Sequence],
     Rules (``results/README.md``): certified at ρ means radius ≥ ρ (or a baseline's flag at ρ);
     ``certified_accuracy/…`` counts correct (float32 decision = label) and certified images over
     the test-set table (over the rows of its ``sampled/<bounds>`` column where a bound was
-    computed on a sample of the test set); ``certified_fraction/…`` counts certified images over the subset (all
-    correctly classified); ``certificate_success`` counts ``tight``; ``robust_fraction_pgd``
-    counts ``pgd_robust``; ``robust_accuracy_pgd`` is that fraction × the clean accuracy.
+    computed on a sample of the test set); ``certified_fraction/…`` counts certified images over
+    the subset (all correctly classified); ``certificate_success`` counts ``tight``;
+    ``robust_fraction_pgd`` counts ``pgd_robust``; ``robust_accuracy_pgd`` is that fraction × the
+    clean accuracy.
     """
     T = {k: _column(k, vals) for k, vals in test.items()}
     S = {k: _column(k, vals) for k, vals in subset.items()}
