@@ -53,15 +53,24 @@ def _percent(metrics, key: str) -> str:
 
 
 def _headline(result) -> str:
-    """Clean accuracy and the certified accuracy at ρ = 1.58 on the test set (sound all-classes
-    CRC for smooth nets, else the baseline's own certificate)."""
+    """Clean accuracy and the certified accuracy at ρ = 1.58 on the test set: a baseline's own
+    certificate (CROWN for CROWN-IBP, COAP's for COAP) with CRC beside it where the net is smooth;
+    sound all-classes CRC for the curvature methods. A certificate over a sample states its n."""
     m = result["metrics"]
+
+    def key(bounds):
+        return f"certified_accuracy/all-classes/{bounds}/1.58"
+
+    own = {"crown-ibp": ("crown",), "coap": ("coap", "crown")}.get(result["spec"]["method"])
+    if own:
+        shown = [b for b in own if key(b) in m][:1] + (["global"] if key("global") in m else [])
+    else:
+        shown = [b for b in ("global", "crown", "coap") if key(b) in m][:1]
     parts = [f"clean {_percent(m, 'clean_accuracy')}"]
-    for bounds in ("global", "crown", "coap"):
-        key = f"certified_accuracy/all-classes/{bounds}/1.58"
-        if key in m:
-            parts.append(f"cert@1.58 {_percent(m, key)} ({bounds})")
-            break
+    for bounds in shown:
+        n = m[key(bounds)]["n"]
+        sample = "" if n == m["clean_accuracy"]["n"] else f", n={n}"
+        parts.append(f"cert@1.58 {_percent(m, key(bounds))} ({bounds}{sample})")
     return ", ".join(parts)
 
 

@@ -61,3 +61,21 @@ def test_import_parses_no_arguments():
     code = "import sys; sys.argv = ['x', '--bogus']; import crc_core.experiments"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_headline_shows_a_baselines_own_certificate_with_crc_beside_it_and_a_samples_n():
+    def entry(value, n):
+        return {"value": value, "n": n}
+
+    def result(method, **certs):
+        metrics = {"clean_accuracy": entry(0.9, 10000)}
+        metrics.update({f"certified_accuracy/all-classes/{b}/1.58": e for b, e in certs.items()})
+        return {"spec": {"method": method}, "metrics": metrics}
+
+    softplus_crown_ibp = result("crown-ibp", crown=entry(0.436, 2000), **{"global": entry(0.0, 10000)})
+    assert experiments._headline(softplus_crown_ibp) == (
+        "clean 90.0, cert@1.58 43.6 (crown, n=2000), cert@1.58 0.0 (global)")
+    coap = result("coap", crown=entry(0.473, 10000), coap=entry(0.464, 1000))
+    assert experiments._headline(coap) == "clean 90.0, cert@1.58 46.4 (coap, n=1000)"
+    crt = result("crt", crown=entry(0.3, 10000), **{"global": entry(0.752, 10000)})
+    assert experiments._headline(crt) == "clean 90.0, cert@1.58 75.2 (global)"
