@@ -46,16 +46,19 @@ _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
     ("curvature", 2): 0.2, ("curvature", 3): 0.4, ("curvature", 4): 0.7,
     ("crt", 2): 1.5, ("crt", 3): 1.7, ("crt", 4): 3.0,
     ("pgd", 2): 1.8, ("pgd", 3): 3.8, ("pgd", 4): 6.0,
-    ("crown-ibp", 2): 0.9, ("crown-ibp", 3): 1.8, ("crown-ibp", 4): 2.7,
-    ("coap", 2): 0.9, ("coap", 3): 11.0, ("coap", 4): 29.0,
+    ("crown-ibp", 2): 0.9, ("crown-ibp", 3): 2.0, ("crown-ibp", 4): 3.2,
+    ("coap", 2): 1.1, ("coap", 3): 17.6, ("coap", 4): 46.0,
 }
+# Baselines measured in runs (CPU minutes an epoch beside one other run): CROWN-IBP 0.85-0.9 /
+# 1.85-2.0 / 3.0-3.3 (ReLU-softplus); COAP 1.1 / 17.6 (the first epoch of the 3-layer run; the
+# benchmark's step time had given 11) / 46 (scaled from 29 by the same factor).
 _CPU_EVAL_MINUTES = {2: 5.5, 3: 5.0, 4: 6.5}
-#: The baselines' evaluation (their own certificates, PGD; no curvature, no audit): measured 0.5
-#: min for the 2x1024 ReLU CROWN-IBP net, 26 min for the 3x1024 one (CROWN over the whole test
-#: set at both radii: 22 min, beside another run, before the radii were nested); L = 4: CROWN
-#: costs 5× its L = 3 cost an image, so it covers a 2,000-image sample of the test set and the
-#: 500 subset images (about 1.4 bounds an image with the nested radii), extrapolated.
-_CPU_EVAL_MINUTES_BASELINES = {2: 0.5, 3: 26.0, 4: 25.0}
+#: The baselines' evaluation (their own certificates, PGD; no curvature, no audit), by
+#: (activation, L), measured: ReLU 0.5 / 26 / 14 min (CROWN over the whole test set at L = 2, 3;
+#: at L = 4, where CROWN costs 5× its L = 3 cost an image, over a 2,000-image sample and the 500
+#: subset images); softplus nets add CRC with its audit (and CROWN is slower on them): 5 / 27 / 26.
+_CPU_EVAL_MINUTES_BASELINES = {("relu", 2): 0.5, ("relu", 3): 26.0, ("relu", 4): 14.0,
+                               ("softplus", 2): 5.0, ("softplus", 3): 27.0, ("softplus", 4): 26.0}
 #: COAP's exact dual on top (0.2 / 0.5 s an image at 3 / 4 layers, measured on one thread): the
 #: 500 subset images and a 1,000-image test-set sample, bounded again at 0.5 where not certified
 #: at 1.58 (about 1.4 bounds an image); measured 0.5 min with the 2-layer run above.
@@ -158,7 +161,7 @@ def estimate_minutes(run: Run, preset: str | Preset = "cpu") -> float:
     if spec.method == "crt" and spec.attack_schedule == "authors":
         per_epoch *= 6.5          # 301 vs 11 gradients per batch, at batch 64 (facts.md)
     if spec.method in ("crown-ibp", "coap"):
-        evaluation = _CPU_EVAL_MINUTES_BASELINES[spec.depth]
+        evaluation = _CPU_EVAL_MINUTES_BASELINES[(spec.activation, spec.depth)]
         if spec.method == "coap":
             evaluation += _CPU_EVAL_MINUTES_COAP_DUAL[spec.depth]
     elif default_crown_mode(spec, run.tables) == "radius":
