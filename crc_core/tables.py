@@ -32,7 +32,7 @@ from .tuning import COLUMNS as TUNING_COLUMNS, TUNING_CSV
 __all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
            "radii_frame", "provenance_frame", "comparison_frame", "reproduction_frame",
-           "tuning_frame"]
+           "differences_summary", "tuning_frame"]
 
 #: Shown beside every table made at the ``smoke`` preset.
 SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, small subsets — "
@@ -455,6 +455,36 @@ def reproduction_frame(preset: str | Preset = "cpu", *, results_dir: Optional[os
         prov = pd.DataFrame(columns=["run", "train_cpu_min", "eval_min", "git_commit", "date"])
     keep = ["run", "train_cpu_min", "eval_min", "git_commit", "date"]
     return long.merge(prov[keep], on="run", how="left")
+
+
+def differences_summary(frame, *, clean_points: float = 1.0) -> Dict[str, str]:
+    """What the reproduction page says of the differences, computed from ``frame`` (a
+    :func:`reproduction_frame`), as Markdown text:
+
+    - ``clean_below`` / ``clean_above``: the runs whose clean accuracy is more than
+      ``clean_points`` percentage points below / above the paper's, each with ours − paper in
+      points ("none" if there is none);
+    - ``success_ours`` / ``success_paper``: the range of Table 2's certificate success over its
+      γ > 0 nets, ours and the paper's ("—" before they are stored).
+    """
+    known = frame[frame["difference"].notna()]
+    clean = known[known["metric"] == "clean_accuracy"].drop_duplicates("run")
+
+    def runs_with(rows):
+        return ", ".join(f"`{r.run}` ({100 * r.difference:+.1f})" for r in rows.itertuples()) \
+            or "none"
+
+    success = known[known["metric"].str.startswith("certificate_success")
+                    & known["run"].str.contains("-curvature-")]
+
+    def percent_range(values):
+        return f"{100 * values.min():.0f}–{100 * values.max():.0f}%" if len(values) else "—"
+
+    limit = clean_points / 100
+    return {"clean_below": runs_with(clean[clean["difference"] < -limit]),
+            "clean_above": runs_with(clean[clean["difference"] > limit]),
+            "success_ours": percent_range(success["ours"]),
+            "success_paper": percent_range(success["paper"])}
 
 
 def tuning_frame(path: Optional[os.PathLike] = None):

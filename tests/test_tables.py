@@ -122,3 +122,26 @@ def test_smooth_baselines_show_the_crc_certificate_beside_their_own():
                                   "certified_accuracy/all-classes/global/0.5"}
     crt = long[long["run"].str.contains("-crt-")]
     assert not crt["quantity"].str.startswith("CRC on the same net").any()
+
+
+def test_differences_summary_lists_clean_gaps_and_table2_success_ranges():
+    nan = float("nan")
+    frame = pd.DataFrame([
+        # run, metric, ours, paper (fractions)
+        ("a-crt", "clean_accuracy", 0.937, 0.956),
+        ("a-crt", "clean_accuracy", 0.937, 0.956),          # the same run in a second table
+        ("b-crown-ibp", "clean_accuracy", 0.898, 0.827),
+        ("c-crt", "clean_accuracy", 0.982, 0.987),          # within a point: in neither list
+        ("d-missing", "clean_accuracy", nan, 0.9),
+        ("s-curvature-g0.03", "certificate_success/runner-up/global", 1.0, 0.4417),
+        ("s-curvature-g0.07", "certificate_success/runner-up/global", 0.96, 0.1953),
+        ("s-standard", "certificate_success/runner-up/global", 0.0, 0.0224),   # γ = 0: left out
+    ], columns=["run", "metric", "ours", "paper"])
+    frame["difference"] = frame["ours"] - frame["paper"]
+    summary = tables.differences_summary(frame)
+    assert summary["clean_below"] == "`a-crt` (-1.9)"
+    assert summary["clean_above"] == "`b-crown-ibp` (+7.1)"
+    assert summary["success_ours"] == "96–100%" and summary["success_paper"] == "20–44%"
+    empty = tables.differences_summary(frame.iloc[:0])
+    assert empty == {"clean_below": "none", "clean_above": "none", "success_ours": "—",
+                     "success_paper": "—"}
