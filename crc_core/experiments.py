@@ -28,7 +28,7 @@ from . import training, tuning
 from .evaluation import CROWN_MODES, evaluate
 from .reference import paper_reference
 from .runs import (EVAL_RADII, EVAL_SEED, PRESETS, RUNS, TABLES, TRAIN_RHO, Preset, Run,
-                   format_radius, get_preset, get_run, run_name, runs_for_table)
+                   format_radius, get_preset, get_run, own_certificate, run_name, runs_for_table)
 from .store import (RELEASED_RUNS, RESULTS_SCHEMA, load_network, load_result, load_results,
                     results_path, results_root, run_experiment, runs_root, stored_status, verify,
                     weights_path)
@@ -61,11 +61,8 @@ def _headline(result) -> str:
     def key(bounds):
         return f"certified_accuracy/all-classes/{bounds}/1.58"
 
-    own = {"crown-ibp": ("crown",), "coap": ("coap", "crown")}.get(result["spec"]["method"])
-    if own:
-        shown = [b for b in own if key(b) in m][:1] + (["global"] if key("global") in m else [])
-    else:
-        shown = [b for b in ("global", "crown", "coap") if key(b) in m][:1]
+    own = own_certificate(result["spec"]["method"])
+    shown = [b for b in dict.fromkeys((own, "global")) if key(b) in m]
     parts = [f"clean {_percent(m, 'clean_accuracy')}"]
     for bounds in shown:
         n = m[key(bounds)]["n"]

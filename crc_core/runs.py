@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .train_spec import TrainSpec
 
 __all__ = ["EVAL_RADII", "EVAL_SEED", "TRAIN_RHO", "CROWN_IBP_FINAL_BETA", "Run", "Preset", "RUNS", "PRESETS",
-           "TABLES", "run_name", "get_run", "get_preset", "runs_for_table", "format_radius"]
+           "TABLES", "run_name", "get_run", "get_preset", "runs_for_table", "format_radius",
+           "own_certificate"]
 
 #: Radii at which certified and empirical robust accuracies are reported (the paper's two).
 EVAL_RADII: Tuple[float, ...] = (0.5, 1.58)
@@ -63,6 +64,18 @@ class Run:
         return self.spec.method
 
 
+
+
+def own_certificate(method: str) -> str:
+    """The certificate a run of ``method`` is judged by, as named in the results keys: ``"crown"``
+    for CROWN-IBP nets, ``"coap"`` (its exact dual) for COAP nets, else ``"global"`` (sound CRC
+    with rigorous global curvature bounds).
+
+    Example:
+        >>> own_certificate("crown-ibp"), own_certificate("crt")
+        ('crown', 'global')
+    """
+    return {"crown-ibp": "crown", "coap": "coap"}.get(method, "global")
 
 
 def format_radius(x: float) -> str:

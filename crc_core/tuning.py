@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from . import store, training
-from .runs import Preset, Run, get_preset, get_run
+from .runs import Preset, Run, get_preset, get_run, own_certificate
 from .train_spec import TrainSpec
 
 __all__ = ["TUNING_CSV", "COLUMNS", "parse_changes", "variant_name", "variant_spec",
@@ -41,7 +41,6 @@ COLUMNS = ("date", "base_run", "change", "epochs", "clean_accuracy", "certified_
            "certificate", "note")
 #: Fields a try may not change: they define which registry run it is a variant of.
 _FIXED = ("dataset", "widths", "activation", "method")
-_CERTIFICATES = ("global", "crown", "coap")
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -129,18 +128,18 @@ def variant_spec(name: str, preset: str | Preset, changes: Mapping[str, Any]) ->
     return spec
 
 
-def _certificate(metrics: Mapping[str, Any]) -> Tuple[str, Optional[float]]:
-    for bounds in _CERTIFICATES:
-        key = f"certified_accuracy/all-classes/{bounds}/1.58"
-        if key in metrics:
-            return bounds, metrics[key]["value"]
-    return "", None
+def _certificate(result: Mapping[str, Any]) -> Tuple[str, Optional[float]]:
+    """The run's own certificate (:func:`crc_core.runs.own_certificate`) and its certified
+    accuracy at 1.58, whole test set, all classes; ("", None) if it was not computed."""
+    bounds = own_certificate(result["spec"]["method"])
+    entry = result["metrics"].get(f"certified_accuracy/all-classes/{bounds}/1.58")
+    return (bounds, entry["value"]) if entry is not None else ("", None)
 
 
 def tuning_row(result: Mapping[str, Any], base_run: str, change: str, note: str = "") -> Dict[str, Any]:
     """One row of the record from a results dict (as stored by the store or by :func:`try_variant`)."""
     metrics = result["metrics"]
-    certificate, certified = _certificate(metrics)
+    certificate, certified = _certificate(result)
     date = str(result["provenance"].get("date", ""))[:10]
     return {"date": date, "base_run": base_run, "change": change,
             "epochs": int(result["evaluated_epoch"]),

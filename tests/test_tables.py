@@ -133,14 +133,16 @@ def test_differences_summary_lists_clean_gaps_and_table2_success_ranges():
         ("b-crown-ibp", "clean_accuracy", 0.898, 0.827),
         ("c-crt", "clean_accuracy", 0.982, 0.987),          # within a point: in neither list
         ("d-missing", "clean_accuracy", nan, 0.9),
-        ("s-curvature-g0.03", "certificate_success/runner-up/global", 1.0, 0.4417),
-        ("s-curvature-g0.07", "certificate_success/runner-up/global", 0.96, 0.1953),
-        ("s-standard", "certificate_success/runner-up/global", 0.0, 0.0224),   # γ = 0: left out
+        ("mnist-sigmoid-2x1024-curvature-g0.03", "certificate_success/runner-up/global", 1.0, 0.4417),
+        ("mnist-sigmoid-4x1024-curvature-g0.07", "certificate_success/runner-up/global", 0.96, 0.1953),
+        ("mnist-sigmoid-2x1024-standard", "certificate_success/runner-up/global", 0.0, 0.0224),
+        ("mnist-sigmoid-2x1024-crt-g0.01-r1.58", "certificate_success/runner-up/global", 0.5, 0.5),
     ], columns=["run", "metric", "ours", "paper"])
     frame["difference"] = frame["ours"] - frame["paper"]
     summary = tables.differences_summary(frame)
     assert summary["clean_below"] == "`a-crt` (-1.9)"
     assert summary["clean_above"] == "`b-crown-ibp` (+7.1)"
+    # only Table 2's γ > 0 nets: not the standard (γ = 0) one, nor another method's
     assert summary["success_ours"] == "96–100%" and summary["success_paper"] == "20–44%"
     empty = tables.differences_summary(frame.iloc[:0])
     assert empty == {"clean_below": "none", "clean_above": "none", "success_ours": "—",

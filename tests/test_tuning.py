@@ -122,3 +122,23 @@ def test_command_line_errors(capsys):
     assert "takes no --set" in capsys.readouterr().err
     assert experiments.main(["try", BASELINE_RUN, "--set", "widths=3"]) == 1
     assert "another run" in capsys.readouterr().err
+
+
+def test_a_rows_certificate_is_the_runs_own_even_where_crc_was_computed_too():
+    def result(method, **certified):
+        metrics = {"clean_accuracy": {"value": 0.9, "n": 10000}}
+        metrics.update({f"certified_accuracy/all-classes/{b}/1.58": {"value": v, "n": 10000}
+                        for b, v in certified.items()})
+        return {"spec": {"method": method}, "metrics": metrics, "evaluated_epoch": 20,
+                "provenance": {"date": "2026-12-02T00:00:00"}}
+
+    softplus_crown_ibp = tuning.tuning_row(result("crown-ibp", crown=0.436, **{"global": 0.0}),
+                                           "r", "none")
+    assert (softplus_crown_ibp["certificate"], softplus_crown_ibp["certified_test_1.58"]) == \
+        ("crown", 43.6)
+    coap = tuning.tuning_row(result("coap", crown=0.44, coap=0.421), "r", "none")
+    assert (coap["certificate"], coap["certified_test_1.58"]) == ("coap", 42.1)
+    crt = tuning.tuning_row(result("crt", **{"global": 0.752}), "r", "none")
+    assert (crt["certificate"], crt["certified_test_1.58"]) == ("global", 75.2)
+    missing = tuning.tuning_row(result("crt"), "r", "none")
+    assert (missing["certificate"], missing["certified_test_1.58"]) == ("", "")
