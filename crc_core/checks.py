@@ -54,6 +54,7 @@ __all__ = [
     "labels",
     "margin_labels",
     "runner_up",
+    "largest_other_classes",
     "targets",
     "bounds",
     "radius",
@@ -246,6 +247,38 @@ def runner_up(logits: Tensor, y: Tensor) -> Tensor:
     masked = logits.detach().clone()
     masked.scatter_(1, y.view(-1, 1), float("-inf"))
     return masked.argmax(dim=1)
+
+
+def largest_other_classes(logits: Tensor, y: Tensor, k: int) -> Tensor:
+    """The k classes of largest logit other than the true class, largest first.
+
+    .. math::
+        t_1, …, t_k:\\ z_{t_1} \\ge … \\ge z_{t_k} \\ge z_j \\ \\text{for every other } j \\ne y
+
+    Column 0 is the runner-up (:func:`runner_up`, up to the order of tied logits); k = C − 1
+    lists every class t ≠ y.
+
+    Args:
+        logits: (B, C), C ≥ 2.
+        y: (B,) int64 labels.
+        k: 1 ≤ k ≤ C − 1.
+
+    Returns:
+        (B, k) int64, no entry equal to its row's ``y``.
+
+    Raises:
+        ValueError: k out of range.
+
+    Example:
+        >>> largest_other_classes(torch.tensor([[3.0, 2.0, 1.0, 4.0]]), torch.tensor([0]), 2)
+        tensor([[3, 1]])
+    """
+    C = logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= C - 1:
+        raise ValueError(f"k must be an integer in [1, {C - 1}] (C = {C} classes), got {k!r}")
+    masked = logits.detach().clone()
+    masked.scatter_(1, y.view(-1, 1), float("-inf"))
+    return masked.topk(k, dim=1).indices
 
 
 def _words(allowed: Iterable[str], vocabulary: Sequence[str], what: str) -> Tuple[str, ...]:

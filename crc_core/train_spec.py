@@ -80,6 +80,14 @@ class TrainSpec:
             default 1.0 for the other methods, and :meth:`to_dict` writes it only for
             ``crown-ibp`` (so the specs, checkpoints and results of the other methods are
             unchanged by its introduction).
+        crt_attack_targets: ``crt`` only: k, the number of target classes of the CRT attack:
+            the k classes of largest clean logit other than y
+            (:func:`crc_core.checks.largest_other_classes`); each image's attack loss is the
+            cross-entropy at the worst of its k attack points (the largest). 1 (the default, the
+            paper's) attacks the runner-up class only; C − 1 = 9 attacks every class, the
+            training counterpart of the all-classes certificate, at k times the attack's cost.
+            The curvature penalty stays at the runner-up pair. Must stay 1 for the other
+            methods; :meth:`to_dict` writes it only when it is not 1.
 
     Raises:
         ValueError: naming the field and the allowed values, for any bad value.
@@ -104,6 +112,7 @@ class TrainSpec:
     pgd_targets: str = "untargeted"
     train_subset: Optional[int] = None
     crown_ibp_final_beta: float = 1.0
+    crt_attack_targets: int = 1
 
     def __post_init__(self):
         if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
@@ -118,7 +127,8 @@ class TrainSpec:
         for name in ("rho", "pgd_step_size"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _as_float(name, getattr(self, name)))
-        for name in ("epochs", "batch_size", "seed", "attack_steps", "pgd_steps", "train_subset"):
+        for name in ("epochs", "batch_size", "seed", "attack_steps", "pgd_steps", "train_subset",
+                     "crt_attack_targets"):
             value = getattr(self, name)
             if value is None and name == "train_subset":
                 continue
@@ -183,6 +193,13 @@ class TrainSpec:
             raise _field_error("crown_ibp_final_beta", beta,
                                f"{_DEFAULT_FINAL_BETA} (the default) for method {self.method!r}: it "
                                "applies to 'crown-ibp' only")
+        k = self.crt_attack_targets
+        if not 1 <= k <= self.widths[-1] - 1:
+            raise _field_error("crt_attack_targets", k,
+                               f"an integer in [1, {self.widths[-1] - 1}] (C - 1 = every other class)")
+        if self.method != "crt" and k != 1:
+            raise _field_error("crt_attack_targets", k, f"1 (the default) for method "
+                               f"{self.method!r}: it applies to 'crt' only")
         act = get_activation(self.activation)
         if not act.has_curvature:
             if self.method in ("curvature", "crt"):
@@ -212,12 +229,15 @@ class TrainSpec:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serializable dict (``widths`` as a list); inverse of :meth:`from_dict`.
 
-        ``crown_ibp_final_beta`` is written for ``crown-ibp`` runs only.
+        ``crown_ibp_final_beta`` is written for ``crown-ibp`` runs only, ``crt_attack_targets``
+        only when it is not 1 (so specs from before these fields existed compare equal).
         """
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         if self.method != "crown-ibp":
             del d["crown_ibp_final_beta"]
+        if self.crt_attack_targets == 1:
+            del d["crt_attack_targets"]
         return d
 
     @classmethod

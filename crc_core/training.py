@@ -48,7 +48,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import attacks, baselines, curvature, duality
+from . import attacks, baselines, checks, curvature, duality
 from . import data as data_module
 from .atomic_files import atomic_json as _atomic_json
 from .atomic_files import atomic_torch_save as _atomic_torch_save
@@ -167,6 +167,25 @@ def crt_attack(model: MLP, x: Tensor, y: Tensor, t: Tensor, spec: TrainSpec,
                                     m.to(p.dtype), M.to(p.dtype), spec.rho)
 
 
+def _crt_loss_k_targets(model: MLP, x: Tensor, y: Tensor, logits0: Tensor, spec: TrainSpec,
+                        estimator: Optional[curvature.CurvatureEstimator]) -> Tensor:
+    """CRT's attack loss against k = ``spec.crt_attack_targets`` target classes.
+
+    .. math::
+        \\frac{1}{B} \\sum_i \\max_{t \\in T_k(x_i)} \\mathrm{CE}\\big(z(x_i^{(attack, t)}), y_i\\big)
+
+    T_k(x): the k largest clean logits other than y (:func:`checks.largest_other_classes`);
+    x^(attack, t): the CRT attack (:func:`crt_attack`) on z_y − z_t, all B·k problems in one
+    batch. x: (B, D), y: (B,), logits0: (B, C) clean logits. Returns a scalar."""
+    B, k = x.shape[0], spec.crt_attack_targets
+    T = checks.largest_other_classes(logits0, y, k)                  # (B, k)
+    xk = x.unsqueeze(1).expand(B, k, x.shape[1]).reshape(B * k, -1)  # row i*k + j: image i, T[i, j]
+    yk = y.repeat_interleave(k)
+    x_attack = crt_attack(model, xk, yk, T.reshape(-1), spec, estimator).x.detach()
+    ce = F.cross_entropy(model(x_attack), yk, reduction="none").view(B, k)
+    return ce.max(dim=1).values.mean()
+
+
 def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
           estimator: Optional[curvature.CurvatureEstimator] = None):
     """(loss scalar, clean logits (B, C) detached, mean K or None) for one batch; ``estimator``:
@@ -184,9 +203,11 @@ def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
     t = attacks.runner_up(logits0, y)
     if method in ("standard", "curvature"):
         loss = F.cross_entropy(logits0, y)
-    elif method == "crt":
+    elif method == "crt" and spec.crt_attack_targets == 1:
         x_attack = crt_attack(model, x, y, t, spec, estimator).x.detach()
         loss = F.cross_entropy(model(x_attack), y)
+    elif method == "crt":
+        loss = _crt_loss_k_targets(model, x, y, logits0, spec, estimator)
     else:  # pgd
         x_adv = attacks.pgd_l2(model, x, y, spec.rho, steps=spec.pgd_steps,
                                step_size=spec.effective_pgd_step_size, targets=spec.pgd_targets,

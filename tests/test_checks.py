@@ -136,6 +136,24 @@ def test_runner_up_is_the_largest_other_logit():
     assert attacks.runner_up is checks.runner_up                  # one definition, re-exported
 
 
+def test_largest_other_classes_are_sorted_exclude_y_and_start_at_the_runner_up():
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(40, 10, generator=gen)
+    y = torch.randint(0, 10, (40,), generator=gen)
+    for k in (1, 3, 9):
+        T = checks.largest_other_classes(z, y, k)
+        assert T.shape == (40, k) and (T != y[:, None]).all()
+        values = z.gather(1, T)
+        assert (values[:, :-1] >= values[:, 1:]).all()
+        assert T[:, 0].tolist() == checks.runner_up(z, y).tolist()
+    every = checks.largest_other_classes(z, y, 9)
+    for b in range(40):
+        assert sorted(every[b].tolist()) == [j for j in range(10) if j != int(y[b])]
+    for bad in (0, 10, 2.0, True):
+        with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\]"):
+            checks.largest_other_classes(z, y, bad)
+
+
 def test_targets_vocabulary(model):
     y = torch.tensor([0, 1])
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 5.0, 4.0, 6.0]])

@@ -72,6 +72,9 @@ def test_spec_from_dict_rejects_unknown_fields():
     (dict(pgd_targets="all"), "pgd_targets", "one of"),
     (dict(train_subset=0), "train_subset", "[1, 60000]"),
     (dict(epochs=1.5), "epochs", "an integer"),
+    (dict(crt_attack_targets=2), "crt_attack_targets", "applies to 'crt' only"),
+    (dict(method="crt", rho=1.58, crt_attack_targets=0), "crt_attack_targets", "[1, 9]"),
+    (dict(method="crt", rho=1.58, crt_attack_targets=10), "crt_attack_targets", "[1, 9]"),
 ])
 def test_bad_spec_values_name_the_field_and_range(changes, field, allowed):
     with pytest.raises(ValueError) as info:
@@ -199,3 +202,77 @@ def test_resume_refuses_a_different_spec(tmp_path):
 def test_no_temporary_files_left(tmp_path):
     training.train(tiny_spec("standard"), tmp_path / "run", progress=False)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------------
+# The CRT attack against k target classes (crt_attack_targets)
+# ------------------------------------------------------------------------------------------------
+
+def test_crt_attack_targets_is_written_only_when_not_one():
+    assert "crt_attack_targets" not in tiny_spec("crt").to_dict()  # older specs compare equal
+    spec = tiny_spec("crt", crt_attack_targets=9)
+    d = spec.to_dict()
+    assert d["crt_attack_targets"] == 9 and TrainSpec.from_dict(d) == spec
+
+
+def _crt_batch(k: int, seed: int = 0):
+    torch.manual_seed(seed)
+    spec = tiny_spec("crt", crt_attack_targets=k)
+    from crc_core.models import MLP
+    model = MLP(spec.widths, activation="softplus")
+    x = torch.rand(6, 784)
+    y = torch.arange(6) % 10
+    with torch.no_grad():
+        logits0 = model(x)
+    return model, x, y, logits0, spec
+
+
+def test_crt_loss_with_one_target_is_the_runner_up_loss():
+    model, x, y, logits0, spec = _crt_batch(1)
+    from crc_core.checks import runner_up
+    x_att = training.crt_attack(model, x, y, runner_up(logits0, y), spec).x
+    expected = torch.nn.functional.cross_entropy(model(x_att), y)
+    got = training._crt_loss_k_targets(model, x, y, logits0, spec, None)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    # The spec's default path (k = 1) is the same loss.
+    loss, _, _ = training._loss(model, x, y, spec.replace(gamma=0.0), 0.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+
+
+class _FixedBounds:
+    """A stand-in for the training-time curvature estimate: the same (m, M) for every pair and
+    batch, so attacks batched differently solve the same problems."""
+
+    def bounds(self, model, y, t):
+        return torch.full(y.shape, -0.5, dtype=torch.float64), torch.full(y.shape, 0.5, dtype=torch.float64)
+
+
+def test_crt_loss_against_every_class_is_the_worst_of_the_per_target_attacks():
+    model, x, y, logits0, spec = _crt_batch(9)
+    from crc_core.checks import largest_other_classes
+    T = largest_other_classes(logits0, y, 9)
+    per_target = []
+    for j in range(9):
+        x_att = training.crt_attack(model, x, y, T[:, j], spec, _FixedBounds()).x
+        assert ((x_att - x).norm(dim=1) <= spec.rho * (1 + 1e-5)).all()
+        per_target.append(torch.nn.functional.cross_entropy(model(x_att), y, reduction="none"))
+    per_target = torch.stack(per_target, 1)
+    expected = per_target.max(1).values.mean()
+    got = training._crt_loss_k_targets(model, x, y, logits0, spec, _FixedBounds())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # The worst of 9 is at least the runner-up's (column 0), strictly somewhere on this batch.
+    one = training._crt_loss_k_targets(model, x, y, logits0, spec.replace(crt_attack_targets=1),
+                                       _FixedBounds())
+    torch.testing.assert_close(one, per_target[:, 0].mean(), rtol=1e-5, atol=1e-6)
+    assert float(got.detach()) > float(one.detach())
+
+
+def test_crt_with_three_targets_trains_and_resumes_bit_for_bit(tmp_path):
+    spec = tiny_spec("crt", epochs=2, crt_attack_targets=3)
+    whole = training.train(spec, tmp_path / "whole", progress=False, select="last")
+    assert json.loads((tmp_path / "whole" / "spec.json").read_text())["crt_attack_targets"] == 3
+    training.train(spec, tmp_path / "split", progress=False, until_epoch=1)
+    resumed = training.train(spec, tmp_path / "split", progress=False, select="last")
+    assert _states_equal(whole.state_dict(), resumed.state_dict())
+    with pytest.raises(ValueError, match="different spec"):
+        training.train(spec.replace(crt_attack_targets=1), tmp_path / "whole", progress=False)
