@@ -244,9 +244,7 @@ def runner_up(logits: Tensor, y: Tensor) -> Tensor:
         >>> runner_up(torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 4.0]]), torch.tensor([0, 1]))
         tensor([1, 2])
     """
-    masked = logits.detach().clone()
-    masked.scatter_(1, y.view(-1, 1), float("-inf"))
-    return masked.argmax(dim=1)
+    return _without_label(logits, y).argmax(dim=1)
 
 
 def largest_other_classes(logits: Tensor, y: Tensor, k: int) -> Tensor:
@@ -276,9 +274,14 @@ def largest_other_classes(logits: Tensor, y: Tensor, k: int) -> Tensor:
     C = logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= C - 1:
         raise ValueError(f"k must be an integer in [1, {C - 1}] (C = {C} classes), got {k!r}")
+    return _without_label(logits, y).topk(k, dim=1).indices
+
+
+def _without_label(logits: Tensor, y: Tensor) -> Tensor:
+    """A detached copy of ``logits`` (B, C) with each row's label entry set to −∞."""
     masked = logits.detach().clone()
     masked.scatter_(1, y.view(-1, 1), float("-inf"))
-    return masked.topk(k, dim=1).indices
+    return masked
 
 
 def _words(allowed: Iterable[str], vocabulary: Sequence[str], what: str) -> Tuple[str, ...]:

@@ -54,8 +54,8 @@ _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
 # / 8 and 2 / 7-14 / 12 CPU-min at L = 2 / 3 / 4; CPU minutes an epoch: CRT at L = 2 1.25
 # (softplus) and 0.7 (sigmoid), CROWN-IBP 0.85-0.9 / 1.85-2.0 / 3.0-3.3 (ReLU-softplus), COAP
 # 1.1 / 17.6 / 40 on MNIST and 1.1 / 10.1 / 23.9 on Fashion-MNIST (the means kept above; the
-# benchmark's step times had given 0.9 / 11 / 29), PGD 1.2 at L = 2 (24 CPU-min for 20 epochs; 3 and 4 scaled by the same
-# factor from the benchmark's 1.8 / 3.8 / 6.0).
+# benchmark's step times had given 0.9 / 11 / 29), PGD 1.2 at L = 2 (24 CPU-min for 20 epochs;
+# 3 and 4 scaled by the same factor from the benchmark's 1.8 / 3.8 / 6.0).
 _CPU_EVAL_MINUTES = {2: 5.5, 3: 5.0, 4: 6.5}
 #: The baselines' evaluation (their own certificates, PGD; no curvature, no audit), by
 #: (activation, L), measured: ReLU 0.5 / 26 / 14 min (CROWN over the whole test set at L = 2, 3;

@@ -204,6 +204,8 @@ def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
     if method in ("standard", "curvature"):
         loss = F.cross_entropy(logits0, y)
     elif method == "crt" and spec.crt_attack_targets == 1:
+        # The paper's attack, kept apart from the k-target loss so that the stored runs retrain
+        # bit for bit (argmax and topk order tied logits differently).
         x_attack = crt_attack(model, x, y, t, spec, estimator).x.detach()
         loss = F.cross_entropy(model(x_attack), y)
     elif method == "crt":
