@@ -30,7 +30,7 @@ from .runs import (RUNS, TABLES, Preset, Run, format_radius, get_preset, own_cer
                    runs_for_table)
 from .tuning import COLUMNS as TUNING_COLUMNS, TUNING_CSV
 
-__all__ = ["SMOKE_WARNING", "estimate_minutes", "ensure_runs", "long_table",
+__all__ = ["SMOKE_WARNING", "measured_minutes", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
            "radii_frame", "provenance_frame", "comparison_frame", "reproduction_frame",
            "differences_summary", "tuning_frame"]
@@ -45,8 +45,8 @@ SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, s
 _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
     ("standard", 2): 0.15, ("standard", 3): 0.17, ("standard", 4): 0.27,
     ("curvature", 2): 0.2, ("curvature", 3): 0.35, ("curvature", 4): 0.4,
-    ("crt", 2): 1.25, ("crt", 3): 1.7, ("crt", 4): 3.0,
-    ("pgd", 2): 1.2, ("pgd", 3): 2.5, ("pgd", 4): 4.0,
+    ("crt", 2): 1.25, ("crt", 3): 1.7, ("crt", 4): 2.5,
+    ("pgd", 2): 1.2, ("pgd", 3): 1.3, ("pgd", 4): 2.2,
     ("crown-ibp", 2): 0.9, ("crown-ibp", 3): 2.0, ("crown-ibp", 4): 3.2,
     ("coap", 2): 1.1, ("coap", 3): 14.0, ("coap", 4): 32.0,
 }
@@ -54,8 +54,9 @@ _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
 # / 8 and 2 / 7-14 / 12 CPU-min at L = 2 / 3 / 4; CPU minutes an epoch: CRT at L = 2 1.25
 # (softplus) and 0.7 (sigmoid), CROWN-IBP 0.85-0.9 / 1.85-2.0 / 3.0-3.3 (ReLU-softplus), COAP
 # 1.1 / 17.6 / 40 on MNIST and 1.1 / 10.1 / 23.9 on Fashion-MNIST (the means kept above; the
-# benchmark's step times had given 0.9 / 11 / 29), PGD 1.2 at L = 2 (24 CPU-min for 20 epochs;
-# 3 and 4 scaled by the same factor from the benchmark's 1.8 / 3.8 / 6.0).
+# benchmark's step times had given 0.9 / 11 / 29), CRT at L = 3 / 4 1.8 / 2.7 (softplus) and 1.5 /
+# 2.3 (sigmoid), PGD 1.2 / 1.3 at L = 2 / 3 (4 scaled from 3 by the benchmark's 6.0 / 3.8).
+# These are the fallback: a run stored at the preset is estimated by its own measured minutes.
 _CPU_EVAL_MINUTES = {2: 5.5, 3: 5.0, 4: 6.5}
 #: The baselines' evaluation (their own certificates, PGD; no curvature, no audit), by
 #: (activation, L), measured: ReLU 0.5 / 26 / 14 min (CROWN over the whole test set at L = 2, 3;
@@ -154,11 +155,31 @@ def _training(run: Run) -> str:
 # Ensuring the runs
 # ------------------------------------------------------------------------------------------------
 
-def estimate_minutes(run: Run, preset: str | Preset = "cpu") -> float:
-    """A rough estimate of the minutes to train and evaluate ``run`` at ``preset`` on 2 CPU cores,
-    from measured costs (one torch thread; ``smoke``: about a quarter of a minute a run;
-    ``paper``: the cpu cost per epoch scaled by the epochs, batch and attack, on a CPU)."""
+def measured_minutes(run: Run, preset: str | Preset = "cpu",
+                     results_dir: Optional[os.PathLike] = None) -> Optional[float]:
+    """The minutes ``run`` took to train (CPU time) and evaluate at ``preset``, from its stored
+    results' provenance; None unless it is stored there with its current spec."""
     preset = get_preset(preset)
+    if store.stored_status(run.name, preset, results_dir) != "stored":
+        return None
+    prov = store.load_result(store.results_path(run.name, preset, results_dir))["provenance"]
+    train = prov.get("train_cpu_seconds")
+    if train is None:
+        train = prov["train_seconds"]
+    return (train + prov["eval_seconds"]) / 60.0
+
+
+def estimate_minutes(run: Run, preset: str | Preset = "cpu",
+                     results_dir: Optional[os.PathLike] = None) -> float:
+    """An estimate of the minutes to train and evaluate ``run`` at ``preset`` on 2 CPU cores (one
+    torch thread): the run's own :func:`measured_minutes` when it is stored at ``preset`` (a
+    retrain repeats it), else the measured costs per epoch and per evaluation of its method and
+    depth above (``smoke``: about a quarter of a minute a run; ``paper``: the cpu cost per epoch
+    scaled by the epochs and the attack, on a CPU)."""
+    preset = get_preset(preset)
+    measured = measured_minutes(run, preset, results_dir)
+    if measured is not None:
+        return measured
     spec = preset.apply(run.spec)
     if preset.name == "smoke":
         return 0.25
@@ -198,14 +219,14 @@ def ensure_runs(table: str, preset: str | Preset = "cpu", *, train_missing: bool
     status = {run.name: store.stored_status(run.name, preset, results_dir) for run in runs}
     todo = [run for run in runs if force or status[run.name] != "stored"]
     if todo and train_missing:
-        total = sum(estimate_minutes(run, preset) for run in todo)
+        total = sum(estimate_minutes(run, preset, results_dir) for run in todo)
         print(f"{table} at preset {preset.name}: {len(runs) - len(todo)} of {len(runs)} runs stored; "
               f"training {len(todo)} ({'retraining all' if force else 'the missing or stale ones'}), "
               f"estimated {total:.0f} min on 2 CPU cores", file=sys.stderr, flush=True)
     rows = []
     for i, run in enumerate(runs):
         row = {"run": run.name, "network": _network(run), "training": _training(run),
-               "estimate_min": round(estimate_minutes(run, preset), 1), "minutes": 0.0}
+               "estimate_min": round(estimate_minutes(run, preset, results_dir), 1), "minutes": 0.0}
         if run in todo and train_missing:
             if progress:
                 print(f"[{todo.index(run) + 1}/{len(todo)}] {run.name}", file=sys.stderr, flush=True)

@@ -68,9 +68,19 @@ def test_ensure_runs_lists_without_training(smoke_store, tmp_path):
     assert dict(zip(status["run"], status["status"]))[RUN] == "stored"
     assert (status["status"] == "missing").sum() == 3
     assert not (tmp_path / "runs").exists()
+    empty = tmp_path / "no-results"
     for run in RUNS.values():
-        assert 0 < tables.estimate_minutes(run, "cpu") < 24 * 60
-    assert tables.estimate_minutes(RUNS["mnist-softplus-2x1024-crt-g0.01-r1.58"], "cpu") > 30
+        assert tables.measured_minutes(run, "cpu", empty) is None
+        assert 0 < tables.estimate_minutes(run, "cpu", empty) < 24 * 60
+    assert tables.estimate_minutes(RUNS["mnist-softplus-2x1024-crt-g0.01-r1.58"], "cpu", empty) > 30
+
+
+def test_a_stored_run_is_estimated_by_its_own_measured_minutes(smoke_store):
+    prov = store.load_result(store.results_path(RUN, "smoke", smoke_store))["provenance"]
+    minutes = (prov["train_cpu_seconds"] + prov["eval_seconds"]) / 60
+    assert tables.measured_minutes(RUNS[RUN], "smoke", smoke_store) == pytest.approx(minutes)
+    assert tables.estimate_minutes(RUNS[RUN], "smoke", smoke_store) == pytest.approx(minutes)
+    assert tables.estimate_minutes(RUNS[RUN], "smoke", smoke_store) != 0.25   # not the fallback
 
 
 def test_tidy_frames(smoke_store):
