@@ -491,7 +491,11 @@ def differences_summary(frame, *, clean_points: float = 1.0) -> Dict[str, str]:
       ``clean_points`` percentage points below / above the paper's, each with ours − paper in
       points ("none" if there is none);
     - ``success_ours`` / ``success_paper``: the range of Table 2's certificate success over its
-      γ > 0 nets, ours and the paper's ("—" before they are stored).
+      γ > 0 nets, ours and the paper's ("—" before they are stored);
+    - ``crown_ratio`` / ``crc_ratio``: the range of ours / the paper's mean certificate over the
+      nets of Table 5 (those with a CROWN-general mean), for CROWN-general and for CRC on the
+      same nets (only where the paper's mean CRC is at least 0.1: below, both are near 0 and
+      their ratio says nothing), as e.g. "1.2–1.6×" ("—" before they are stored).
     """
     known = frame[frame["difference"].notna()]
     clean = known[known["metric"] == "clean_accuracy"].drop_duplicates("run")
@@ -508,11 +512,24 @@ def differences_summary(frame, *, clean_points: float = 1.0) -> Dict[str, str]:
     def percent_range(values):
         return f"{100 * values.min():.0f}–{100 * values.max():.0f}%" if len(values) else "—"
 
+    means = known[known["metric"].isin(["mean_certificate/runner-up/crown",
+                                         "mean_certificate/runner-up/global"])]
+    means = means.drop_duplicates(["run", "metric"])
+    crown = means[means["metric"] == "mean_certificate/runner-up/crown"]
+    crc = means[(means["metric"] == "mean_certificate/runner-up/global")
+                & means["run"].isin(crown["run"]) & (means["paper"] >= 0.1)]
+
+    def ratio_range(rows):
+        ratio = rows["ours"] / rows["paper"]
+        return f"{ratio.min():.2f}–{ratio.max():.2f}×" if len(ratio) else "—"
+
     limit = clean_points / 100
     return {"clean_below": runs_with(clean[clean["difference"] < -limit]),
             "clean_above": runs_with(clean[clean["difference"] > limit]),
             "success_ours": percent_range(success["ours"]),
-            "success_paper": percent_range(success["paper"])}
+            "success_paper": percent_range(success["paper"]),
+            "crown_ratio": ratio_range(crown),
+            "crc_ratio": ratio_range(crc)}
 
 
 def tuning_frame(path: Optional[os.PathLike] = None):

@@ -134,7 +134,7 @@ def test_smooth_baselines_show_the_crc_certificate_beside_their_own():
     assert not crt["quantity"].str.startswith("CRC on the same net").any()
 
 
-def test_differences_summary_lists_clean_gaps_and_table2_success_ranges():
+def test_differences_summary_lists_clean_gaps_success_and_radius_ratio_ranges():
     nan = float("nan")
     frame = pd.DataFrame([
         # run, metric, ours, paper (fractions)
@@ -147,6 +147,13 @@ def test_differences_summary_lists_clean_gaps_and_table2_success_ranges():
         ("mnist-sigmoid-4x1024-curvature-g0.07", "certificate_success/runner-up/global", 0.96, 0.1953),
         ("mnist-sigmoid-2x1024-standard", "certificate_success/runner-up/global", 0.0, 0.0224),
         ("mnist-sigmoid-2x1024-crt-g0.01-r1.58", "certificate_success/runner-up/global", 0.5, 0.5),
+        # Table 5's mean certificates: CROWN-general and CRC on the same nets
+        ("e-net", "mean_certificate/runner-up/crown", 0.6, 0.4),
+        ("e-net", "mean_certificate/runner-up/global", 1.1, 1.0),
+        ("e-net", "mean_certificate/runner-up/global", 1.1, 1.0),     # again, in Table 6
+        ("f-net", "mean_certificate/runner-up/crown", 0.3, 0.25),
+        ("f-net", "mean_certificate/runner-up/global", 0.02, 0.005),  # the paper's below 0.1: left out
+        ("g-net", "mean_certificate/runner-up/global", 3.0, 1.0),     # no CROWN-general mean: not Table 5's
     ], columns=["run", "metric", "ours", "paper"])
     frame["difference"] = frame["ours"] - frame["paper"]
     summary = tables.differences_summary(frame)
@@ -154,6 +161,7 @@ def test_differences_summary_lists_clean_gaps_and_table2_success_ranges():
     assert summary["clean_above"] == "`b-crown-ibp` (+7.1)"
     # only Table 2's γ > 0 nets: not the standard (γ = 0) one, nor another method's
     assert summary["success_ours"] == "96–100%" and summary["success_paper"] == "20–44%"
+    assert summary["crown_ratio"] == "1.20–1.50×" and summary["crc_ratio"] == "1.10–1.10×"
     empty = tables.differences_summary(frame.iloc[:0])
     assert empty == {"clean_below": "none", "clean_above": "none", "success_ours": "—",
-                     "success_paper": "—"}
+                     "success_paper": "—", "crown_ratio": "—", "crc_ratio": "—"}
