@@ -60,6 +60,17 @@ def test_presets_keep_depth_and_activation():
     assert PRESETS["cpu"].apply(RUNS["mnist-softplus-2x1024-crt-g0.01-r1.58"].spec).epochs == 24
 
 
+def test_an_activation_key_overrides_the_epochs_of_its_depth():
+    cpu = PRESETS["cpu"]
+    assert cpu.apply(RUNS["mnist-softplus-4x1024-crt-g0.07-r1.58"].spec).epochs == 24
+    assert cpu.apply(RUNS["fashion-mnist-softplus-4x1024-crt-g0.07-r1.58"].spec).epochs == 24
+    assert cpu.apply(RUNS["mnist-sigmoid-4x1024-crt-g0.01-r1.58"].spec).epochs == 14
+    assert cpu.apply(RUNS["mnist-softplus-4x1024-crown-ibp-r1.58"].spec).epochs == 14
+    epochs = cpu.to_dict()["epochs"]
+    assert epochs["crt/L4"] == 14 and epochs["crt/L4/softplus"] == 24
+    assert PRESETS["smoke"].apply(RUNS["mnist-softplus-4x1024-crt-g0.07-r1.58"].spec).epochs == 1
+
+
 def test_paper_reference_points_at_registered_runs():
     frame = reference.paper_reference()
     assert set(frame["run"]) <= set(RUNS)
