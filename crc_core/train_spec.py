@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from . import data as data_module
 from .activations import ACTIVATIONS, NoCurvatureError, get_activation
 
-__all__ = ["METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS",
+__all__ = ["METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS", "PENALTY_BOUNDS",
            "ATTACK_SCHEDULES", "TrainSpec"]
 
 #: Methods implemented here.
@@ -29,6 +29,8 @@ BASELINE_METHODS: Tuple[str, ...] = ("crown-ibp", "coap")
 METHODS: Tuple[str, ...] = TRAINABLE_METHODS + BASELINE_METHODS
 LR_SCHEDULES: Tuple[str, ...] = ("constant", "cosine")
 PGD_TARGETS: Tuple[str, ...] = ("untargeted", "runner-up")
+#: The curvature bounds γ may multiply (``TrainSpec.penalty_bound``).
+PENALTY_BOUNDS: Tuple[str, ...] = ("theorem4", "theorem3")
 ATTACK_SCHEDULES: Tuple[str, ...] = ("crc", "authors")
 #: Default of TrainSpec.crown_ibp_final_beta (the value every non-CROWN-IBP spec keeps).
 _DEFAULT_FINAL_BETA = 1.0
@@ -88,6 +90,13 @@ class TrainSpec:
             training counterpart of the all-classes certificate, at k times the attack's cost.
             The curvature penalty stays at the runner-up pair. Must stay 1 for the other
             methods; :meth:`to_dict` writes it only when it is not 1.
+        penalty_bound: which curvature bound γ multiplies: ``"theorem4"`` (the default, the
+            paper's equation (7): Theorem 4's K with estimated spectral norms,
+            :func:`crc_core.curvature.curvature_penalty`) or ``"theorem3"`` (``crt`` with L = 2
+            only: max(−m̂, M̂) of Theorem 3, the bound the two-layer certificate uses, as Rayleigh
+            quotients at the run's warm-started Ritz vectors,
+            :meth:`crc_core.curvature.CurvatureEstimator.theorem3_penalty`; beyond the paper).
+            :meth:`to_dict` writes it only when it is not the default.
 
     Raises:
         ValueError: naming the field and the allowed values, for any bad value.
@@ -113,6 +122,7 @@ class TrainSpec:
     train_subset: Optional[int] = None
     crown_ibp_final_beta: float = 1.0
     crt_attack_targets: int = 1
+    penalty_bound: str = "theorem4"
 
     def __post_init__(self):
         if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
@@ -200,6 +210,12 @@ class TrainSpec:
         if self.method != "crt" and k != 1:
             raise _field_error("crt_attack_targets", k, f"1 (the default) for method "
                                f"{self.method!r}: it applies to 'crt' only")
+        if self.penalty_bound not in PENALTY_BOUNDS:
+            raise _field_error("penalty_bound", self.penalty_bound, f"one of {list(PENALTY_BOUNDS)}")
+        if self.penalty_bound == "theorem3" and (self.method != "crt" or self.depth != 2):
+            raise _field_error("penalty_bound", self.penalty_bound,
+                               f"'theorem4' (the default) for method {self.method!r} with "
+                               f"L = {self.depth}: 'theorem3' applies to 'crt' with L = 2 only")
         act = get_activation(self.activation)
         if not act.has_curvature:
             if self.method in ("curvature", "crt"):
@@ -230,7 +246,7 @@ class TrainSpec:
         """A JSON-serializable dict (``widths`` as a list); inverse of :meth:`from_dict`.
 
         ``crown_ibp_final_beta`` is written for ``crown-ibp`` runs only, ``crt_attack_targets``
-        only when it is not 1 (so specs from before these fields existed compare equal).
+        only when it is not 1, ``penalty_bound`` only when it is not ``"theorem4"`` (so specs from before these fields existed compare equal).
         """
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
@@ -238,6 +254,8 @@ class TrainSpec:
             del d["crown_ibp_final_beta"]
         if self.crt_attack_targets == 1:
             del d["crt_attack_targets"]
+        if self.penalty_bound == "theorem4":
+            del d["penalty_bound"]
         return d
 
     @classmethod

@@ -217,7 +217,10 @@ def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
         loss = F.cross_entropy(model(x_adv.detach()), y)
     K_mean = None
     if spec.gamma > 0:
-        K = curvature.curvature_penalty(model, y, t)
+        if spec.penalty_bound == "theorem3":
+            K = (estimator or curvature.CurvatureEstimator()).theorem3_penalty(model, y, t)
+        else:
+            K = curvature.curvature_penalty(model, y, t)
         K_mean = K.mean()
         loss = loss + spec.gamma * K_mean
         K_mean = float(K_mean.detach())

@@ -75,6 +75,11 @@ def test_spec_from_dict_rejects_unknown_fields():
     (dict(crt_attack_targets=2), "crt_attack_targets", "applies to 'crt' only"),
     (dict(method="crt", rho=1.58, crt_attack_targets=0), "crt_attack_targets", "[1, 9]"),
     (dict(method="crt", rho=1.58, crt_attack_targets=10), "crt_attack_targets", "[1, 9]"),
+    (dict(method="crt", rho=1.58, penalty_bound="theorem5"), "penalty_bound", "one of"),
+    (dict(method="crt", rho=1.58, penalty_bound="theorem3", widths=(784, 16, 16, 10)),
+     "penalty_bound", "L = 2 only"),
+    (dict(method="curvature", gamma=0.01, penalty_bound="theorem3"), "penalty_bound",
+     "'crt' with L = 2 only"),
 ])
 def test_bad_spec_values_name_the_field_and_range(changes, field, allowed):
     with pytest.raises(ValueError) as info:
@@ -276,3 +281,68 @@ def test_crt_with_three_targets_trains_and_resumes_bit_for_bit(tmp_path):
     assert _states_equal(whole.state_dict(), resumed.state_dict())
     with pytest.raises(ValueError, match="different spec"):
         training.train(spec.replace(crt_attack_targets=1), tmp_path / "whole", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Theorem 3's bound as the penalty (penalty_bound = "theorem3")
+# ------------------------------------------------------------------------------------------------
+
+def test_penalty_bound_is_written_only_when_not_the_papers():
+    assert "penalty_bound" not in tiny_spec("crt").to_dict()   # older specs compare equal
+    spec = tiny_spec("crt", penalty_bound="theorem3")
+    d = spec.to_dict()
+    assert d["penalty_bound"] == "theorem3" and TrainSpec.from_dict(d) == spec
+
+
+def test_theorem3_penalty_is_the_bound_and_its_gradient_the_eigenvalues():
+    from crc_core import curvature
+    from crc_core.models import MLP
+    torch.manual_seed(0)
+    model = MLP([784, 24, 10], activation="softplus").double()
+    y, t = torch.tensor([0, 3, 0, 7]), torch.tensor([1, 5, 1, 2])
+    estimator = curvature.CurvatureEstimator(iters=60, tol=0.0)
+    for _ in range(3):                                  # the warm start converges
+        K3 = estimator.theorem3_penalty(model, y, t)
+    m, M = curvature.theorem3_bounds(model, y, t)        # rigorous: a hair above the truth
+    torch.testing.assert_close(K3.detach(), torch.maximum(-m, M).to(K3.dtype), rtol=1e-6, atol=0)
+    assert (K3.detach() <= torch.maximum(-m, M) + 1e-12).all()
+    assert K3[0] == K3[2]                                # one value per distinct pair
+    assert (K3.detach() < curvature.theorem4_bound(model, y, t)).all()
+    # Its gradient is that of the exact extreme eigenvalue (Hellmann-Feynman).
+    K3.sum().backward()
+    got = [w.grad.clone() for w in model.weights]
+    model.zero_grad()
+    W1, W2 = model.weights
+    exact = []
+    for yi, ti in zip(y.tolist(), t.tolist()):
+        w = W2[yi] - W2[ti]
+        P = W1.t() @ torch.diag((0.25 * w).clamp(min=0)) @ W1
+        N = W1.t() @ torch.diag((-0.25 * w).clamp(min=0)) @ W1
+        exact.append(torch.maximum(torch.linalg.eigvalsh(P)[-1], torch.linalg.eigvalsh(N)[-1]))
+    torch.stack(exact).sum().backward()
+    for g, w in zip(got, model.weights):
+        torch.testing.assert_close(g, w.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_theorem3_penalty_rejects_deeper_nets_and_relu():
+    from crc_core import curvature
+    from crc_core.activations import NoCurvatureError
+    from crc_core.models import MLP
+    estimator = curvature.CurvatureEstimator()
+    with pytest.raises(ValueError, match="L = 2"):
+        estimator.theorem3_penalty(MLP([784, 8, 8, 10], activation="softplus"), 0, 1)
+    with pytest.raises(NoCurvatureError):
+        estimator.theorem3_penalty(MLP([784, 8, 10], activation="relu"), 0, 1)
+
+
+def test_crt_with_theorem3_penalty_trains_and_resumes_bit_for_bit(tmp_path):
+    spec = tiny_spec("crt", epochs=2, penalty_bound="theorem3", gamma=0.05)
+    whole = training.train(spec, tmp_path / "whole", progress=False, select="last")
+    history = training.read_history(tmp_path / "whole")
+    assert all(row["mean_K"] is not None and row["mean_K"] > 0 for row in history)
+    training.train(spec, tmp_path / "split", progress=False, until_epoch=1)
+    resumed = training.train(spec, tmp_path / "split", progress=False, select="last")
+    assert _states_equal(whole.state_dict(), resumed.state_dict())
+    paper = training.train(spec.replace(penalty_bound="theorem4"), tmp_path / "paper",
+                           progress=False, select="last")
+    assert not _states_equal(whole.state_dict(), paper.state_dict())
