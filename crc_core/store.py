@@ -149,6 +149,23 @@ def _device_name(device: torch.device) -> str:
     return f"{device} ({platform.processor() or platform.machine()})"
 
 
+def _cpu_description() -> Dict[str, Optional[str]]:
+    """The CPU's model name (``/proc/cpuinfo``; None where unreadable) and the vector instruction
+    set torch dispatches to (``"AVX2"``, ``"AVX512"``, …). Training is bit-for-bit repeatable on
+    one machine, not across CPUs: kernels of another instruction set round differently, and the
+    difference grows over training (a 4×1024 CRT net retrained from the same commit on another
+    CPU differed in its first epoch's test accuracy by a point)."""
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or None,
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def _provenance(preset: Preset, device: torch.device, train_seconds: float,
                 train_cpu_seconds: Optional[float], eval_seconds: float,
                 code_state: Dict[str, Any]) -> Dict[str, Any]:
@@ -159,6 +176,7 @@ def _provenance(preset: Preset, device: torch.device, train_seconds: float,
         "train_cpu_seconds": None if train_cpu_seconds is None else round(train_cpu_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
         "device": _device_name(device),
+        "cpu": _cpu_description(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "threads": torch.get_num_threads(),

@@ -76,6 +76,7 @@ def test_results_json_schema(smoke_result):
                       "eval_seconds": float, "device": str, "torch_version": str,
                       "threads": int, "preset": str}.items():
         assert isinstance(stored["provenance"][key], kind), key
+    assert stored["provenance"]["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
     assert set(ev["seconds"]) >= {"test_set", "subset", "audit"}
 
 
