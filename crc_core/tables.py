@@ -33,7 +33,7 @@ from .tuning import COLUMNS as TUNING_COLUMNS, TUNING_CSV
 __all__ = ["SMOKE_WARNING", "measured_minutes", "estimate_minutes", "ensure_runs", "long_table",
            "paper_table", "write_csv", "tables_root", "figure1_frame", "per_image_frame",
            "radii_frame", "provenance_frame", "comparison_frame", "reproduction_frame",
-           "differences_summary", "tuning_frame"]
+           "differences_summary", "tuning_frame", "best_try"]
 
 #: Shown beside every table made at the ``smoke`` preset.
 SMOKE_WARNING = ("preset smoke: hidden width 32, 256 training images, 1 epoch, small subsets — "
@@ -543,3 +543,21 @@ def tuning_frame(path: Optional[os.PathLike] = None):
     if not path.is_file():
         return pd.DataFrame(columns=list(TUNING_COLUMNS))
     return pd.read_csv(path, comment="#")
+
+
+def best_try(base_run: str, path: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
+    """The row of :func:`tuning_frame` with the largest ``certified_test_1.58`` among the tries
+    of ``base_run`` (the stored recipe's own row included), with ``tries``, how many rows that
+    run has in all; None if it has no row with a certified number.
+
+    Example:
+        >>> best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")["certified_test_1.58"]  # doctest: +SKIP
+        76.51
+    """
+    frame = tuning_frame(path)
+    rows = frame[frame["base_run"] == base_run]
+    known = rows[rows["certified_test_1.58"].notna()]
+    if known.empty:
+        return None
+    best = known.loc[known["certified_test_1.58"].idxmax()].to_dict()
+    return {**best, "tries": len(rows)}

@@ -124,6 +124,24 @@ def test_tuning_record_is_read():
     assert set(frame["certificate"]) <= {"global", "crown", "coap"}
 
 
+def test_best_try_is_the_largest_certified_row_of_its_run(tmp_path):
+    record = tmp_path / "tuning.csv"
+    record.write_text(
+        "# a comment\n"
+        "date,base_run,change,epochs,clean_accuracy,certified_test_1.58,certificate,note\n"
+        "d,mnist-softplus-2x1024-crt-g0.01-r1.58,none,24,98.2,75.2,global,\n"
+        "d,mnist-softplus-2x1024-crt-g0.01-r1.58,rho 2,24,98.1,76.5,global,\n"
+        "d,mnist-softplus-2x1024-crt-g0.01-r1.58,first schedule,5,95.3,,global,stopped\n"
+        "d,mnist-relu-2x1024-crown-ibp-r1.58,beta 3,20,98.3,80.0,crown,\n")
+    best = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58", record)
+    assert (best["change"], best["certified_test_1.58"], best["tries"]) == ("rho 2", 76.5, 3)
+    assert tables.best_try("mnist-softplus-3x1024-crt-g0.05-r1.58", record) is None
+    stored = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")   # the committed record
+    frame = tables.tuning_frame()
+    mine = frame[frame["base_run"] == "mnist-softplus-2x1024-crt-g0.01-r1.58"]
+    assert stored["certified_test_1.58"] == mine["certified_test_1.58"].max()
+
+
 def test_smooth_baselines_show_the_crc_certificate_beside_their_own():
     long = tables.long_table("table3", "smoke")
     crc = long[long["quantity"].str.startswith("CRC on the same net")]
