@@ -30,7 +30,7 @@ METHODS: Tuple[str, ...] = TRAINABLE_METHODS + BASELINE_METHODS
 LR_SCHEDULES: Tuple[str, ...] = ("constant", "cosine")
 PGD_TARGETS: Tuple[str, ...] = ("untargeted", "runner-up")
 #: The curvature bounds γ may multiply (``TrainSpec.penalty_bound``).
-PENALTY_BOUNDS: Tuple[str, ...] = ("theorem4", "theorem3")
+PENALTY_BOUNDS: Tuple[str, ...] = ("theorem4", "theorem3", "theorem3-all")
 ATTACK_SCHEDULES: Tuple[str, ...] = ("crc", "authors")
 #: Default of TrainSpec.crown_ibp_final_beta (the value every non-CROWN-IBP spec keeps).
 _DEFAULT_FINAL_BETA = 1.0
@@ -95,7 +95,9 @@ class TrainSpec:
             :func:`crc_core.curvature.curvature_penalty`) or ``"theorem3"`` (``crt`` with L = 2
             only: max(−m̂, M̂) of Theorem 3, the bound the two-layer certificate uses, as Rayleigh
             quotients at the run's warm-started Ritz vectors,
-            :meth:`crc_core.curvature.CurvatureEstimator.theorem3_penalty`; beyond the paper).
+            :meth:`crc_core.curvature.CurvatureEstimator.theorem3_penalty`; beyond the paper) or
+            ``"theorem3-all"`` (the same, the largest over every target t ≠ y: the bound of the
+            all-classes certificate).
             :meth:`to_dict` writes it only when it is not the default.
 
     Raises:
@@ -212,7 +214,7 @@ class TrainSpec:
                                f"{self.method!r}: it applies to 'crt' only")
         if self.penalty_bound not in PENALTY_BOUNDS:
             raise _field_error("penalty_bound", self.penalty_bound, f"one of {list(PENALTY_BOUNDS)}")
-        if self.penalty_bound == "theorem3" and (self.method != "crt" or self.depth != 2):
+        if self.penalty_bound != "theorem4" and (self.method != "crt" or self.depth != 2):
             raise _field_error("penalty_bound", self.penalty_bound,
                                f"'theorem4' (the default) for method {self.method!r} with "
                                f"L = {self.depth}: 'theorem3' applies to 'crt' with L = 2 only")

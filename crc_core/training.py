@@ -186,6 +186,18 @@ def _crt_loss_k_targets(model: MLP, x: Tensor, y: Tensor, logits0: Tensor, spec:
     return ce.max(dim=1).values.mean()
 
 
+def _theorem3_penalty_all_targets(model: MLP, y: Tensor, logits0: Tensor,
+                                  estimator: Optional[curvature.CurvatureEstimator]) -> Tensor:
+    """max over every t ≠ y of Theorem 3's penalty K̂₃(y, t)
+    (:meth:`~crc_core.curvature.CurvatureEstimator.theorem3_penalty`), (B,): the curvature bound
+    of the all-classes certificate. y: (B,), logits0: (B, C) clean logits."""
+    B, others = y.shape[0], logits0.shape[1] - 1
+    T = checks.largest_other_classes(logits0, y, others)               # (B, C − 1)
+    K = (estimator or curvature.CurvatureEstimator()).theorem3_penalty(
+        model, y.repeat_interleave(others), T.reshape(-1))
+    return K.view(B, others).max(dim=1).values
+
+
 def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
           estimator: Optional[curvature.CurvatureEstimator] = None):
     """(loss scalar, clean logits (B, C) detached, mean K or None) for one batch; ``estimator``:
@@ -219,6 +231,8 @@ def _loss(model: MLP, x: Tensor, y: Tensor, spec: TrainSpec, progress: float,
     if spec.gamma > 0:
         if spec.penalty_bound == "theorem3":
             K = (estimator or curvature.CurvatureEstimator()).theorem3_penalty(model, y, t)
+        elif spec.penalty_bound == "theorem3-all":
+            K = _theorem3_penalty_all_targets(model, y, logits0, estimator)
         else:
             K = curvature.curvature_penalty(model, y, t)
         K_mean = K.mean()

@@ -346,3 +346,20 @@ def test_crt_with_theorem3_penalty_trains_and_resumes_bit_for_bit(tmp_path):
     paper = training.train(spec.replace(penalty_bound="theorem4"), tmp_path / "paper",
                            progress=False, select="last")
     assert not _states_equal(whole.state_dict(), paper.state_dict())
+
+
+def test_theorem3_penalty_over_all_targets_is_the_largest_per_target_one(tmp_path):
+    from crc_core import curvature
+    model, x, y, logits0, _ = _crt_batch(1)
+    model = model.double()
+    logits0 = logits0.double()
+    estimator = curvature.CurvatureEstimator(iters=60, tol=0.0)
+    for _ in range(3):                                   # the warm start converges
+        got = training._theorem3_penalty_all_targets(model, y, logits0, estimator)
+    per_target = torch.stack([estimator.theorem3_penalty(model, y, (y + j) % 10)
+                              for j in range(1, 10)], 1)
+    torch.testing.assert_close(got, per_target.max(1).values, rtol=1e-6, atol=0)
+    spec = tiny_spec("crt", penalty_bound="theorem3-all")
+    assert TrainSpec.from_dict(spec.to_dict()) == spec
+    training.train(spec, tmp_path / "run", progress=False)
+    assert training.read_history(tmp_path / "run")[0]["mean_K"] > 0
