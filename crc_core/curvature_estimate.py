@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from . import checks
 from .bound_recursions import METHODS, refined_recursion, sigma1_global, theorem4_recursion
+from .verified_linalg import interval_product
 
 Tensor = torch.Tensor
 
@@ -300,8 +301,8 @@ class CurvatureEstimator:
         uniq, inv = torch.unique(y * C + t, return_inverse=True)
         W1, W2 = model.weights
         w = W2[uniq // C] - W2[uniq % C]                       # (K, N_1)
-        lo, hi = w * act.h_L, w * act.h_U
-        p, n = torch.maximum(lo, hi).clamp(min=0), (-torch.minimum(lo, hi)).clamp(min=0)
+        n, p = interval_product(w, w, act.h_L, act.h_U, rigorous=False)   # w ⊙ σ'' ∈ [n, p]
+        p, n = p.clamp(min=0), (-n).clamp(min=0)
         V = self.warm[1]                                       # rows 2k: P, 2k + 1: N
         uP = V[2 * uniq].detach().to(W1.dtype)
         uN = V[2 * uniq + 1].detach().to(W1.dtype)

@@ -205,8 +205,8 @@ def runs_for_table(table: str) -> List[Run]:
 # A key (method, L, activation) overrides (method, L) for that activation: the 4-layer softplus CRT
 # nets of Tables 3 and 4 (γ = 0.07) get 24 epochs, since at 14 the MNIST net's clean accuracy
 # stayed 1.9 points below the paper's (93.7 against 95.60; a try at 24 epochs, results/tuning.csv,
-# measured 95.29 and more certified: 61.0 / 57.6 / 53.0 against 61.0 / 55.4 / 50.8) at about
-# 65 CPU-min of training; the sigmoid CRT net of Table 5 (γ = 0.01) is within 0.4 points at 14.
+# measured 95.29 and more certified: 61.0 / 57.6 / 53.0 against 61.0 / 55.4 / 50.8) at 65-78
+# CPU-min of training; the sigmoid CRT net of Table 5 (γ = 0.01) is within 0.4 points at 14.
 _CPU_EPOCHS: Dict[Tuple, int] = {
     ("standard", 2): 30, ("standard", 3): 30, ("standard", 4): 30,
     ("curvature", 2): 30, ("curvature", 3): 30, ("curvature", 4): 30,

@@ -55,7 +55,8 @@ _CPU_MINUTES_PER_EPOCH: Dict[Tuple[str, int], float] = {
 # (softplus) and 0.7 (sigmoid), CROWN-IBP 0.85-0.9 / 1.85-2.0 / 3.0-3.3 (ReLU-softplus), COAP
 # 1.1 / 17.6 / 40 on MNIST and 1.1 / 10.1 / 23.9 on Fashion-MNIST (the means kept above; the
 # benchmark's step times had given 0.9 / 11 / 29), CRT at L = 3 / 4 1.8 / 2.7 (softplus; at L = 4
-# also 3.25 in the two 24-epoch runs of Tables 3 and 4, beside each other) and 1.5 / 2.3 (sigmoid), PGD 1.2 / 1.3 at L = 2 / 3 (4 scaled from 3 by the benchmark's 6.0 / 3.8).
+# also 3.25 in the two 24-epoch runs of Tables 3 and 4, beside each other) and 1.5 / 2.3
+# (sigmoid), PGD 1.2 / 1.3 at L = 2 / 3 (4 scaled from 3 by the benchmark's 6.0 / 3.8).
 # These are the fallback: a run stored at the preset is estimated by its own measured minutes.
 _CPU_EVAL_MINUTES = {2: 5.5, 3: 5.0, 4: 6.5}
 #: The baselines' evaluation (their own certificates, PGD; no curvature, no audit), by

@@ -18,8 +18,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from . import data as data_module
 from .activations import ACTIVATIONS, NoCurvatureError, get_activation
 
-__all__ = ["METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS", "PENALTY_BOUNDS",
-           "ATTACK_SCHEDULES", "TrainSpec"]
+__all__ = ["METHODS", "TRAINABLE_METHODS", "BASELINE_METHODS", "LR_SCHEDULES", "PGD_TARGETS",
+           "PENALTY_BOUNDS", "ATTACK_SCHEDULES", "TrainSpec"]
 
 #: Methods implemented here.
 TRAINABLE_METHODS: Tuple[str, ...] = ("standard", "curvature", "crt", "pgd")
@@ -217,7 +217,8 @@ class TrainSpec:
         if self.penalty_bound != "theorem4" and (self.method != "crt" or self.depth != 2):
             raise _field_error("penalty_bound", self.penalty_bound,
                                f"'theorem4' (the default) for method {self.method!r} with "
-                               f"L = {self.depth}: 'theorem3' applies to 'crt' with L = 2 only")
+                               f"L = {self.depth}: {self.penalty_bound!r} applies to 'crt' with L = 2 "
+                               "only")
         act = get_activation(self.activation)
         if not act.has_curvature:
             if self.method in ("curvature", "crt"):
@@ -248,7 +249,8 @@ class TrainSpec:
         """A JSON-serializable dict (``widths`` as a list); inverse of :meth:`from_dict`.
 
         ``crown_ibp_final_beta`` is written for ``crown-ibp`` runs only, ``crt_attack_targets``
-        only when it is not 1, ``penalty_bound`` only when it is not ``"theorem4"`` (so specs from before these fields existed compare equal).
+        only when it is not 1, ``penalty_bound`` only when it is not ``"theorem4"`` (so specs
+        from before these fields existed compare equal).
         """
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
