@@ -15,6 +15,8 @@ Command line::
     python -m crc_core.experiments verify mnist-softplus-2x1024-crt-g0.01-r1.58 [--images 0:1000]
     python -m crc_core.experiments try mnist-relu-2x1024-crown-ibp-r1.58 --set crown_ibp_final_beta=2
     python -m crc_core.experiments try mnist-relu-2x1024-crown-ibp-r1.58 --stored   # the recipe's row
+    python -m crc_core.experiments try mnist-softplus-2x1024-crt-g0.01-r1.58 --set epochs=48 --release
+    python -m crc_core.experiments verify mnist-softplus-2x1024-crt-g0.01-r1.58--epochs=48   # a try
 """
 from __future__ import annotations
 
@@ -117,6 +119,9 @@ def _try(args) -> int:
         if args.stored:
             if args.changes:
                 raise ValueError("--stored records the stored recipe: it takes no --set")
+            if args.release:
+                raise ValueError("--release is for a try's weights; the stored runs whose "
+                                 "weights are released are store.RELEASED_RUNS")
             row = tuning.record_stored(args.name, args.preset, note=args.note)
         else:
             if not args.changes:
@@ -132,6 +137,14 @@ def _try(args) -> int:
               "command again to continue")
         return 0
     print(", ".join(f"{k} {v}" for k, v in row.items()))
+    if args.release:
+        variant = tuning.variant_name(args.name, tuning.parse_changes(args.changes))
+        try:
+            path = tuning.release_try(variant, args.preset)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"weights released: {path}")
     return 0
 
 
@@ -159,9 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="torch.set_num_threads (default: torch's choice); 1 is much faster "
                             "when other processes share the cores")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p_ver = sub.add_parser("verify", help="re-certify a stored run from its weights and compare "
-                                          "with every stored certificate")
-    p_ver.add_argument("name")
+    p_ver = sub.add_parser("verify", help="re-certify a stored run (or try) from its weights and "
+                                          "compare with every stored certificate")
+    p_ver.add_argument("name", help="a run (see `list`) or a try, <run>--<field>=<value>[,...] "
+                                    "(the name of its results file)")
     p_ver.add_argument("--preset", choices=list(PRESETS), default="cpu")
     p_ver.add_argument("--images", type=_slice, default=None,
                        help="a slice START:STOP of the test set (default: every stored image)")
@@ -181,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="stop training after this epoch (resume with the same command)")
     p_try.add_argument("--threads", type=int, default=None)
     p_try.add_argument("--no-progress", action="store_true")
+    p_try.add_argument("--release", action="store_true",
+                       help="once the try is stored, write its weights beside its results "
+                            "(results/<preset>/tuning/<try>.safetensors) for `verify`")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -195,7 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _try(args)
     if args.command == "verify":
         try:
-            report = verify(args.name, args.preset, images=args.images)
+            check = tuning.verify_try if "--" in args.name else verify
+            report = check(args.name, args.preset, images=args.images)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -33,10 +33,12 @@ from . import evaluation, training
 from .atomic_files import atomic_write_via
 from .models import MLP
 from .runs import Preset, get_preset, get_run
+from .train_spec import TrainSpec
 
 __all__ = ["RESULTS_SCHEMA", "RELEASED_RUNS", "results_root", "runs_root", "results_path",
            "weights_path", "run_experiment", "stored_status", "load_result", "load_results", "dumps",
-           "write_json", "release_weights", "load_network", "verify", "VERIFY_TOLERANCE"]
+           "write_json", "release_weights", "load_weights", "load_network", "verify",
+           "verify_network", "VERIFY_TOLERANCE"]
 
 #: Identifies the layout of a results file (results/README.md).
 RESULTS_SCHEMA = "crc-results-2"
@@ -342,15 +344,17 @@ def load_results(preset: str | Preset = "cpu", results_dir: Optional[os.PathLike
 # ------------------------------------------------------------------------------------------------
 
 def release_weights(model: MLP, name: str, preset: str | Preset,
-                    results_dir: Optional[os.PathLike] = None) -> Path:
+                    results_dir: Optional[os.PathLike] = None, *,
+                    path: Optional[os.PathLike] = None) -> Path:
     """Write the weights and biases of ``model`` (float32) as safetensors beside its results.
 
-    The file's metadata names the run, preset, activation and widths; :func:`load_network`
-    reads it back. Returns the path.
+    The file's metadata names the run (or try, :mod:`crc_core.tuning`), preset, activation and
+    widths; :func:`load_weights` reads it back. ``path`` defaults to :func:`weights_path`.
+    Returns the path.
     """
     from safetensors.torch import save_file
 
-    path = weights_path(name, preset, results_dir)
+    path = Path(path) if path is not None else weights_path(name, preset, results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"layers.{i}.{kind}": getattr(layer, kind).detach().to("cpu", torch.float32).contiguous()
                for i, layer in enumerate(model.layers) for kind in ("weight", "bias")}
@@ -358,6 +362,23 @@ def release_weights(model: MLP, name: str, preset: str | Preset,
             "widths": json.dumps(model.widths), "format": "crc_core.MLP layers.{i}.weight/bias"}
     atomic_write_via(path, lambda p: save_file(tensors, str(p), metadata=meta))
     return path
+
+
+def load_weights(path: os.PathLike, name: str, activation: str, *,
+                 device: str | torch.device = "cpu") -> MLP:
+    """The network in the released weights file ``path`` (:func:`release_weights`).
+
+    Raises:
+        ValueError: the file's metadata names another run than ``name``.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("run", name) != name:
+        raise ValueError(f"{path} holds the weights of run {meta.get('run')!r}, not {name!r}")
+    return MLP.from_state_dict(load_file(str(path)), activation=activation).to(device)
 
 
 def load_network(name: str, preset: str | Preset = "cpu", *, results_dir: Optional[os.PathLike] = None,
@@ -374,15 +395,7 @@ def load_network(name: str, preset: str | Preset = "cpu", *, results_dir: Option
     preset = get_preset(preset)
     path = weights_path(name, preset, results_dir)
     if path.is_file():
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("run", name) != name:
-            raise ValueError(f"{path} holds the weights of run {meta.get('run')!r}, not {name!r}")
-        model = MLP.from_state_dict(load_file(str(path)), activation=run.spec.activation)
-        return model.to(device)
+        return load_weights(path, name, run.spec.activation, device=device)
     run_dir = runs_root(runs_dir) / preset.name / name
     spec = preset.apply(run.spec)
     if training.is_trained(spec, run_dir):
@@ -400,33 +413,52 @@ def verify(name: str, preset: str | Preset = "cpu", *, images: Optional[slice] =
            tolerance: float = VERIFY_TOLERANCE, progress: bool = True) -> Dict[str, Any]:
     """Re-certify a stored run from its weights and compare with every stored certificate.
 
-    Loads the network (:func:`load_network`), recomputes the test-set table
-    (:func:`crc_core.evaluation.test_set_table`: decisions and sound CRC radii, all classes and
-    runner-up) on ``images`` (a slice of the test set; default: all of the stored ones), and
-    compares: decisions exactly; radii within ``tolerance`` (stored values are rounded down to
-    1e-5); and that every stored radius is ≤ the recomputed one + tolerance.
+    Loads the network (:func:`load_network`) and compares with :func:`verify_network`
+    (tries: :func:`crc_core.tuning.verify_try`).
 
     Returns:
         ``{"run", "images", "compared", "max_abs_diff", "mismatches": [(column, index, stored,
         recomputed), ...], "ok"}``.
     """
-    from . import data
-
     preset = get_preset(preset)
     stored = load_result(results_path(name, preset, results_dir))
+    model = load_network(name, preset, results_dir=results_dir, runs_dir=runs_dir)
+    return verify_network(model, preset.apply(get_run(name).spec), stored, preset, images=images,
+                          tolerance=tolerance, progress=progress)
+
+
+def verify_network(model: MLP, spec: TrainSpec, stored: Dict[str, Any], preset: Preset, *,
+                   images: Optional[slice] = None, tolerance: float = VERIFY_TOLERANCE,
+                   progress: bool = True) -> Dict[str, Any]:
+    """Re-certify ``model`` and compare with the certificates of its stored results ``stored``.
+
+    Recomputes the test-set table (:func:`crc_core.evaluation.test_set_table`: decisions and
+    sound CRC radii, all classes and runner-up, under ``spec`` as trained) on ``images`` (a
+    slice of the test set; default: all of the stored ones), and compares: decisions exactly;
+    radii within ``tolerance`` (stored values are rounded down to 1e-5); and that every stored
+    radius is ≤ the recomputed one + tolerance.
+
+    Returns:
+        ``{"run", "images", "compared", "max_abs_diff", "mismatches": [(column, index, stored,
+        recomputed), ...], "ok"}``.
+
+    Raises:
+        ValueError: the results have no per-test-image table.
+    """
+    from . import data
+
+    name = stored.get("name")
     per = stored.get("per_test_image")
     if per is None:
         raise ValueError(f"{name} ({preset.name}) has no per-test-image table "
                          f"(schema {stored.get('schema')!r}): re-evaluate it first")
-    model = load_network(name, preset, results_dir=results_dir, runs_dir=runs_dir)
-    spec = get_run(name).spec
     n = len(per["label"])
     sl = images or slice(0, n)
     rows = list(range(n))[sl]
     X, Y = data.load(spec.dataset, "test")
     X, Y = X[:n][sl], Y[:n][sl]
-    fresh = evaluation.test_set_table(model, preset.apply(spec), X, Y, preset,
-                                      crown_mode="none", progress=progress)
+    fresh = evaluation.test_set_table(model, spec, X, Y, preset, crown_mode="none",
+                                      progress=progress)
     mismatches: List[Any] = []
     worst = 0.0
     compared = 0

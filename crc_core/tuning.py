@@ -6,7 +6,10 @@ more epochs, another γ or training radius). It is trained like a stored run (re
 stored as ``results/<preset>/tuning/<variant>.json`` (same schema as the store, so every number
 of it can be recounted), and summarized as one row of ``results/tuning.csv``, the record shown on
 the book's reproduction page. The stored run of the recipe itself can be recorded too
-(:func:`record_stored`), so that a sweep's rows sit side by side.
+(:func:`record_stored`), so that a sweep's rows sit side by side. A try's name (its results
+file's) parses back to its run and changes (:func:`parse_variant_name`); its weights can be
+released beside its results (:func:`release_try`) and re-certified from them
+(:func:`verify_try`), as the store does for its released runs.
 
 A row: ``date`` (of the evaluation), ``base_run``, ``change`` (``field value; …``, or ``none
 (the stored recipe)``), ``epochs``, ``clean_accuracy`` and ``certified_test_1.58`` (percent,
@@ -31,8 +34,9 @@ from . import store, training
 from .runs import Preset, Run, get_preset, get_run, own_certificate
 from .train_spec import TrainSpec
 
-__all__ = ["TUNING_CSV", "COLUMNS", "parse_changes", "variant_name", "variant_spec",
-           "try_variant", "record_stored", "tuning_row", "append_row"]
+__all__ = ["TUNING_CSV", "COLUMNS", "parse_changes", "variant_name", "parse_variant_name",
+           "variant_spec", "try_variant", "release_try", "load_try_network", "verify_try",
+           "record_stored", "tuning_row", "append_row"]
 
 #: The record of what was tried (committed with the repository).
 TUNING_CSV = Path(__file__).resolve().parents[1] / "results" / "tuning.csv"
@@ -104,6 +108,30 @@ def variant_name(name: str, changes: Mapping[str, Any]) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", text):
         raise ValueError(f"changes {dict(changes)!r} do not make a file-safe name")
     return f"{name}--{text}"
+
+
+def parse_variant_name(variant: str) -> Tuple[str, Dict[str, Any]]:
+    """The run and changes of a try's name: the inverse of :func:`variant_name`.
+
+    Example:
+        >>> parse_variant_name("mnist-softplus-2x1024-crt-g0.01-r1.58--epochs=48,gamma=0.06")
+        ('mnist-softplus-2x1024-crt-g0.01-r1.58', {'epochs': 48, 'gamma': 0.06})
+
+    Raises:
+        ValueError: not ``<run>--<field>=<value>[,…]``, an unknown run, bad changes, or a name
+            that is not the canonical one of its changes (fields sorted, values as written by
+            :func:`variant_name`).
+    """
+    name, sep, text = variant.partition("--")
+    if not sep or not text:
+        raise ValueError(f"{variant!r} is not the name of a try: expected "
+                         "<run>--<field>=<value>[,...] (the name of its results file)")
+    get_run(name)
+    changes = parse_changes(text.split(","))
+    canonical = variant_name(name, changes)
+    if canonical != variant:
+        raise ValueError(f"{variant!r} is not a canonical try name; did you mean {canonical!r}?")
+    return name, changes
 
 
 def variant_spec(name: str, preset: str | Preset, changes: Mapping[str, Any]) -> TrainSpec:
@@ -202,8 +230,7 @@ def try_variant(name: str, changes: Mapping[str, Any], preset: str | Preset = "c
     spec = variant_spec(name, preset, changes)
     variant = variant_name(name, changes)
     run = get_run(name)
-    run_dir = store.runs_root(runs_dir) / preset.name / "tuning" / variant
-    out = store.results_root(results_dir) / preset.name / "tuning" / f"{variant}.json"
+    out, _, run_dir = _try_paths(variant, preset, results_dir, runs_dir)
     rel = f"results/{preset.name}/tuning/{out.name}"
     row_note = "; ".join(filter(None, [note, rel]))
     if out.is_file():
@@ -220,6 +247,86 @@ def try_variant(name: str, changes: Mapping[str, Any], preset: str | Preset = "c
     row = tuning_row(result, name, _change_text(changes), row_note)
     append_row(row, tuning_csv)
     return row
+
+
+def _try_paths(variant: str, preset: Preset, results_dir: Optional[os.PathLike],
+               runs_dir: Optional[os.PathLike]) -> Tuple[Path, Path, Path]:
+    """Where a try lives: its results JSON, its released weights and its checkpoint directory
+    (``results/<preset>/tuning/<variant>.{json,safetensors}``, ``runs/<preset>/tuning/<variant>/``)."""
+    out = store.results_root(results_dir) / preset.name / "tuning" / f"{variant}.json"
+    return out, out.with_suffix(".safetensors"), store.runs_root(runs_dir) / preset.name / "tuning" / variant
+
+
+def release_try(variant: str, preset: str | Preset = "cpu", *,
+                results_dir: Optional[os.PathLike] = None,
+                runs_dir: Optional[os.PathLike] = None) -> Path:
+    """Release the weights of a finished try (its last epoch, the weights it was evaluated with)
+    as ``results/<preset>/tuning/<variant>.safetensors``, so that its stored certificates can be
+    re-checked without retraining (:func:`verify_try`). Returns the path.
+
+    Raises:
+        ValueError: ``variant`` is not a try's name.
+        FileNotFoundError: the try is not stored, or its checkpoint is not in ``runs/``.
+    """
+    preset = get_preset(preset)
+    name, changes = parse_variant_name(variant)
+    spec = variant_spec(name, preset, changes)
+    out, weights, run_dir = _try_paths(variant, preset, results_dir, runs_dir)
+    if not out.is_file():
+        raise FileNotFoundError(f"try {variant!r} is not stored at preset {preset.name} ({out}): "
+                                "run it with `experiments try` first")
+    if not training.is_trained(spec, run_dir):
+        raise FileNotFoundError(f"the finished checkpoint of try {variant!r} is not in {run_dir}: "
+                                "its weights can only be released on the machine that trained it")
+    model = training.load_model(run_dir, "last")
+    return store.release_weights(model, variant, preset, path=weights)
+
+
+def load_try_network(variant: str, preset: str | Preset = "cpu", *,
+                     results_dir: Optional[os.PathLike] = None,
+                     runs_dir: Optional[os.PathLike] = None,
+                     device: str | torch.device = "cpu"):
+    """The trained network of a try: its released weights (:func:`release_try`), else its last
+    epoch in ``runs/``, else an error saying how to get it.
+
+    Raises:
+        ValueError: ``variant`` is not a try's name.
+        FileNotFoundError: neither released weights nor a finished checkpoint exist.
+    """
+    preset = get_preset(preset)
+    name, changes = parse_variant_name(variant)
+    spec = variant_spec(name, preset, changes)
+    _, weights, run_dir = _try_paths(variant, preset, results_dir, runs_dir)
+    if weights.is_file():
+        return store.load_weights(weights, variant, spec.activation, device=device)
+    if training.is_trained(spec, run_dir):
+        return training.load_model(run_dir, "last", device=device)
+    raise FileNotFoundError(
+        f"no weights for try {variant!r} at preset {preset.name}: neither {weights} nor a "
+        f"finished checkpoint in {run_dir}. Train it with `python -m crc_core.experiments try "
+        f"{name} --preset {preset.name} " + " ".join(f"--set {k}={_format(v)}"
+                                                     for k, v in sorted(changes.items())) + "`")
+
+
+def verify_try(variant: str, preset: str | Preset = "cpu", *, images: Optional[slice] = None,
+               results_dir: Optional[os.PathLike] = None, runs_dir: Optional[os.PathLike] = None,
+               tolerance: float = store.VERIFY_TOLERANCE, progress: bool = True) -> Dict[str, Any]:
+    """:func:`crc_core.store.verify` for a try: re-certify it from its weights
+    (:func:`load_try_network`) and compare with every certificate of its stored results.
+
+    Raises:
+        ValueError: ``variant`` is not a try's name.
+        FileNotFoundError: the try is not stored, or has no weights here.
+    """
+    preset = get_preset(preset)
+    name, changes = parse_variant_name(variant)
+    spec = variant_spec(name, preset, changes)
+    out, _, _ = _try_paths(variant, preset, results_dir, runs_dir)
+    if not out.is_file():
+        raise FileNotFoundError(f"try {variant!r} is not stored at preset {preset.name} ({out})")
+    model = load_try_network(variant, preset, results_dir=results_dir, runs_dir=runs_dir)
+    return store.verify_network(model, spec, store.load_result(out), preset, images=images,
+                                tolerance=tolerance, progress=progress)
 
 
 def record_stored(name: str, preset: str | Preset = "cpu", *, note: str = "",

@@ -1,12 +1,14 @@
-"""Tests of crc_core.tuning: parsing changes, the variant's spec and name, a smoke try end to end
-into temporary roots (its stored results, its row recounted from them), the record's CSV, and the
-command line's errors."""
+"""Tests of crc_core.tuning: parsing changes, the variant's spec and name (and back), a smoke try
+end to end into temporary roots (its stored results, its row recounted from them, its released
+weights re-certified), the record's CSV, and the command line's errors."""
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
+import torch
 
 from crc_core import experiments, store, tables, tuning
 from crc_core.runs import PRESETS, RUNS
@@ -109,6 +111,68 @@ def test_a_stored_try_is_not_redone_nor_recorded_twice(smoke_try):
     assert len(tables.tuning_frame(record)) == 1
 
 
+def test_variant_names_parse_back_to_their_run_and_changes():
+    changes = {"epochs": 48, "gamma": 0.06, "penalty_bound": "theorem3-all", "rho": 2.5}
+    variant = tuning.variant_name("mnist-softplus-2x1024-crt-g0.01-r1.58", changes)
+    assert tuning.parse_variant_name(variant) == ("mnist-softplus-2x1024-crt-g0.01-r1.58", changes)
+    with pytest.raises(ValueError, match="not the name of a try"):
+        tuning.parse_variant_name("mnist-softplus-2x1024-crt-g0.01-r1.58")
+    with pytest.raises(ValueError, match="unknown run"):
+        tuning.parse_variant_name("no-such-run--epochs=2")
+    with pytest.raises(ValueError, match="did you mean .*--epochs=2,gamma=0.1"):
+        tuning.parse_variant_name(f"{SMOOTH_RUN}--gamma=0.1,epochs=2")
+    with pytest.raises(ValueError, match="unknown spec field"):
+        tuning.parse_variant_name(f"{SMOOTH_RUN}--epoch=2")
+
+
+def test_a_released_try_loads_bit_exactly_and_verifies(smoke_try, tmp_path, monkeypatch, capsys):
+    root, _, _ = smoke_try
+    variant = tuning.variant_name(SMOOTH_RUN, {"epochs": 2})
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    (results / "smoke").mkdir(parents=True)
+    shutil.copytree(root / "results" / "smoke" / "tuning", results / "smoke" / "tuning")
+    shutil.copytree(root / "runs", runs)
+    trained = tuning.load_try_network(variant, "smoke", results_dir=results, runs_dir=runs)
+    path = tuning.release_try(variant, "smoke", results_dir=results, runs_dir=runs)
+    assert path == results / "smoke" / "tuning" / f"{variant}.safetensors"
+    shutil.rmtree(runs)  # from here on only the released weights are there
+    released = tuning.load_try_network(variant, "smoke", results_dir=results, runs_dir=runs)
+    for a, b in zip(trained.parameters(), released.parameters()):
+        assert torch.equal(a, b)
+    report = tuning.verify_try(variant, "smoke", results_dir=results, runs_dir=runs,
+                               progress=False)
+    assert report["ok"] and report["run"] == variant
+    assert report["images"] == PRESETS["smoke"].test_n and report["compared"] >= 4 * report["images"]
+    # the command line takes a try's name too; a raised stored radius is a mismatch
+    monkeypatch.setenv("CRC_RESULTS_DIR", str(results))
+    monkeypatch.setenv("CRC_RUNS_DIR", str(runs))
+    assert experiments.main(["verify", variant, "--preset", "smoke"]) == 0
+    assert "all agree" in capsys.readouterr().out
+    stored_path = results / "smoke" / "tuning" / f"{variant}.json"
+    stored = json.loads(stored_path.read_text())
+    col = stored["per_test_image"]["radius/all-classes/global"]
+    i = max(range(len(col)), key=lambda j: col[j])
+    col[i] += 1e-3
+    stored_path.write_text(json.dumps(stored))
+    assert experiments.main(["verify", variant, "--preset", "smoke"]) == 2
+    assert "1 MISMATCHES" in capsys.readouterr().out
+
+
+def test_release_and_load_of_a_try_say_what_is_missing(tmp_path):
+    variant = tuning.variant_name(SMOOTH_RUN, {"epochs": 2})
+    kw = dict(results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="not stored.*experiments try"):
+        tuning.release_try(variant, "smoke", **kw)
+    with pytest.raises(FileNotFoundError, match=r"experiments try .* --set epochs=2"):
+        tuning.load_try_network(variant, "smoke", **kw)
+    with pytest.raises(FileNotFoundError, match="not stored"):
+        tuning.verify_try(variant, "smoke", **kw)
+    (tmp_path / "results" / "smoke" / "tuning").mkdir(parents=True)
+    (tmp_path / "results" / "smoke" / "tuning" / f"{variant}.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="only be released on the machine that trained it"):
+        tuning.release_try(variant, "smoke", **kw)
+
+
 def test_record_stored_needs_a_stored_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not stored"):
         tuning.record_stored(SMOOTH_RUN, "smoke", results_dir=tmp_path,
@@ -122,6 +186,10 @@ def test_command_line_errors(capsys):
     assert "takes no --set" in capsys.readouterr().err
     assert experiments.main(["try", BASELINE_RUN, "--set", "widths=3"]) == 1
     assert "another run" in capsys.readouterr().err
+    assert experiments.main(["try", BASELINE_RUN, "--stored", "--release"]) == 1
+    assert "RELEASED_RUNS" in capsys.readouterr().err
+    assert experiments.main(["verify", f"{BASELINE_RUN}--epochs=x"]) == 1
+    assert "expects an integer" in capsys.readouterr().err
 
 
 def test_a_rows_certificate_is_the_runs_own_even_where_crc_was_computed_too():
