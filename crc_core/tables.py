@@ -546,19 +546,32 @@ def tuning_frame(path: Optional[os.PathLike] = None):
     return pd.read_csv(path, comment="#")
 
 
-def best_try(base_run: str, path: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
+def best_try(base_run: str, path: Optional[os.PathLike] = None,
+             results_dir: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
     """The row of :func:`tuning_frame` with the largest ``certified_test_1.58`` among the tries
     of ``base_run`` (the stored recipe's own row included), with ``tries``, how many rows that
-    run has in all; None if it has no row with a certified number.
+    run has in all, ``try``, the try's name if the row's note names its results file
+    (``results/<preset>/tuning/<try>.json``, as ``experiments try`` writes it; else None), and
+    ``weights``, the path of its released weights (:func:`crc_core.tuning.release_try`) if they
+    exist under the results root ``results_dir`` (else None); None if the run has no row with a
+    certified number.
 
     Example:
         >>> best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")["certified_test_1.58"]  # doctest: +SKIP
-        76.51
+        78.36
     """
+    import re
+
     frame = tuning_frame(path)
     rows = frame[frame["base_run"] == base_run]
     known = rows[rows["certified_test_1.58"].notna()]
     if known.empty:
         return None
     best = known.loc[known["certified_test_1.58"].idxmax()].to_dict()
-    return {**best, "tries": len(rows)}
+    found = re.search(r"results/([^/\s]+)/tuning/([^/\s]+)\.json", str(best.get("note") or ""))
+    name = found.group(2) if found else None
+    weights = None
+    if found:
+        candidate = store.results_root(results_dir) / found.group(1) / "tuning" / f"{name}.safetensors"
+        weights = candidate if candidate.is_file() else None
+    return {**best, "tries": len(rows), "try": name, "weights": weights}

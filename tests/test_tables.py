@@ -130,11 +130,18 @@ def test_best_try_is_the_largest_certified_row_of_its_run(tmp_path):
         "# a comment\n"
         "date,base_run,change,epochs,clean_accuracy,certified_test_1.58,certificate,note\n"
         "d,mnist-softplus-2x1024-crt-g0.01-r1.58,none,24,98.2,75.2,global,\n"
-        "d,mnist-softplus-2x1024-crt-g0.01-r1.58,rho 2,24,98.1,76.5,global,\n"
+        "d,mnist-softplus-2x1024-crt-g0.01-r1.58,rho 2,24,98.1,76.5,global,"
+        "\"a note; results/cpu/tuning/mnist-softplus-2x1024-crt-g0.01-r1.58--rho=2.json\"\n"
         "d,mnist-softplus-2x1024-crt-g0.01-r1.58,first schedule,5,95.3,,global,stopped\n"
         "d,mnist-relu-2x1024-crown-ibp-r1.58,beta 3,20,98.3,80.0,crown,\n")
-    best = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58", record)
+    best = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58", record, tmp_path)
     assert (best["change"], best["certified_test_1.58"], best["tries"]) == ("rho 2", 76.5, 3)
+    assert best["try"] == "mnist-softplus-2x1024-crt-g0.01-r1.58--rho=2" and best["weights"] is None
+    weights = tmp_path / "cpu" / "tuning" / "mnist-softplus-2x1024-crt-g0.01-r1.58--rho=2.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58", record, tmp_path)["weights"] == weights
+    assert tables.best_try("mnist-relu-2x1024-crown-ibp-r1.58", record, tmp_path)["try"] is None
     assert tables.best_try("mnist-softplus-3x1024-crt-g0.05-r1.58", record) is None
     stored = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")   # the committed record
     frame = tables.tuning_frame()
