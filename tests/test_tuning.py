@@ -210,3 +210,15 @@ def test_a_rows_certificate_is_the_runs_own_even_where_crc_was_computed_too():
     assert (crt["certificate"], crt["certified_test_1.58"]) == ("global", 75.2)
     missing = tuning.tuning_row(result("crt"), "r", "none")
     assert (missing["certificate"], missing["certified_test_1.58"]) == ("", "")
+
+
+def test_the_best_try_of_the_2x1024_crt_net_is_released_and_recertifies():
+    """The committed record's best try of the 2×1024 MNIST CRT net (the net the whole-test-set
+    goal is measured on) has released weights, and certificates recomputed from them agree with
+    its stored ones (a slice of the test set; `experiments verify <try>` does all)."""
+    best = tables.best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")
+    assert best["try"] is not None and best["weights"] is not None, \
+        f"the best try {best['try']} has no released weights: `experiments try ... --release`"
+    report = tuning.verify_try(best["try"], "cpu", images=slice(0, 200), progress=False)
+    assert report["images"] == 200 and report["compared"] >= 800
+    assert report["ok"], report["mismatches"][:5]
