@@ -37,7 +37,7 @@ from .train_spec import TrainSpec
 
 __all__ = ["RESULTS_SCHEMA", "RELEASED_RUNS", "results_root", "runs_root", "results_path",
            "weights_path", "run_experiment", "stored_status", "load_result", "load_results", "dumps",
-           "write_json", "release_weights", "load_weights", "load_network", "verify",
+           "write_json", "release_weights", "load_weights", "load_trained", "load_network", "verify",
            "verify_network", "VERIFY_TOLERANCE"]
 
 #: Identifies the layout of a results file (results/README.md).
@@ -393,19 +393,26 @@ def load_network(name: str, preset: str | Preset = "cpu", *, results_dir: Option
     """
     run = get_run(name)
     preset = get_preset(preset)
-    path = weights_path(name, preset, results_dir)
-    if path.is_file():
-        return load_weights(path, name, run.spec.activation, device=device)
-    run_dir = runs_root(runs_dir) / preset.name / name
-    spec = preset.apply(run.spec)
+    return load_trained(name, preset, preset.apply(run.spec), weights_path(name, preset, results_dir),
+                        runs_root(runs_dir) / preset.name / name,
+                        f"python -m crc_core.experiments run {name} --preset {preset.name} "
+                        "--threads 1", device=device)
+
+
+def load_trained(name: str, preset: Preset, spec: TrainSpec, weights: Path, run_dir: Path,
+                 command: str, *, device: str | torch.device = "cpu") -> MLP:
+    """The network of ``name`` (a run, or a try of :mod:`crc_core.tuning`): the released
+    weights file ``weights`` if it exists, else the last epoch of a finished run of ``spec`` in
+    ``run_dir``, else a FileNotFoundError that says how far training got and gives ``command``,
+    the command that trains it."""
+    if weights.is_file():
+        return load_weights(weights, name, spec.activation, device=device)
     if training.is_trained(spec, run_dir):
         return training.load_model(run_dir, "last", device=device)
     done = len(training.read_history(run_dir))
     state = f"{done} of {spec.epochs} epochs are trained in {run_dir}" if done else "it is not trained"
-    raise FileNotFoundError(
-        f"no weights for run {name!r} at preset {preset.name!r}: {state}. Train it with "
-        f"`python -m crc_core.experiments run {name} --preset {preset.name} --threads 1` "
-        "(resumable).")
+    raise FileNotFoundError(f"no weights for {name!r} at preset {preset.name!r}: {state}. "
+                            f"Train it with `{command}` (resumable).")
 
 
 def verify(name: str, preset: str | Preset = "cpu", *, images: Optional[slice] = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -557,11 +558,9 @@ def best_try(base_run: str, path: Optional[os.PathLike] = None,
     certified number.
 
     Example:
-        >>> best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")["certified_test_1.58"]  # doctest: +SKIP
-        78.36
+        >>> best = best_try("mnist-softplus-2x1024-crt-g0.01-r1.58")
+        >>> best["certified_test_1.58"], best["try"], best["weights"]  # doctest: +SKIP
     """
-    import re
-
     frame = tuning_frame(path)
     rows = frame[frame["base_run"] == base_run]
     known = rows[rows["certified_test_1.58"].notna()]

@@ -297,15 +297,10 @@ def load_try_network(variant: str, preset: str | Preset = "cpu", *,
     name, changes = parse_variant_name(variant)
     spec = variant_spec(name, preset, changes)
     _, weights, run_dir = _try_paths(variant, preset, results_dir, runs_dir)
-    if weights.is_file():
-        return store.load_weights(weights, variant, spec.activation, device=device)
-    if training.is_trained(spec, run_dir):
-        return training.load_model(run_dir, "last", device=device)
-    raise FileNotFoundError(
-        f"no weights for try {variant!r} at preset {preset.name}: neither {weights} nor a "
-        f"finished checkpoint in {run_dir}. Train it with `python -m crc_core.experiments try "
-        f"{name} --preset {preset.name} " + " ".join(f"--set {k}={_format(v)}"
-                                                     for k, v in sorted(changes.items())) + "`")
+    sets = " ".join(f"--set {k}={_format(v)}" for k, v in sorted(changes.items()))
+    return store.load_trained(variant, preset, spec, weights, run_dir,
+                              f"python -m crc_core.experiments try {name} --preset {preset.name} "
+                              f"{sets} --threads 1", device=device)
 
 
 def verify_try(variant: str, preset: str | Preset = "cpu", *, images: Optional[slice] = None,
