@@ -140,8 +140,9 @@ def _try(args) -> int:
     if args.release:
         variant = tuning.variant_name(args.name, tuning.parse_changes(args.changes))
         try:
-            path = tuning.release_try(variant, args.preset)
-        except FileNotFoundError as e:
+            path = tuning.release_try(variant, args.preset, retrain=True, device=args.device,
+                                      progress=not args.no_progress)
+        except (FileNotFoundError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"weights released: {path}")
@@ -197,7 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_try.add_argument("--no-progress", action="store_true")
     p_try.add_argument("--release", action="store_true",
                        help="once the try is stored, write its weights beside its results "
-                            "(results/<preset>/tuning/<try>.safetensors) for `verify`")
+                            "(results/<preset>/tuning/<try>.safetensors) for `verify`; a stored "
+                            "try whose checkpoint is gone is trained again, and released only if "
+                            "it reproduces its stored certificates")
     args = parser.parse_args(argv)
 
     if args.command == "list":

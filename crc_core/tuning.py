@@ -259,14 +259,24 @@ def _try_paths(variant: str, preset: Preset, results_dir: Optional[os.PathLike],
 
 def release_try(variant: str, preset: str | Preset = "cpu", *,
                 results_dir: Optional[os.PathLike] = None,
-                runs_dir: Optional[os.PathLike] = None) -> Path:
+                runs_dir: Optional[os.PathLike] = None, retrain: bool = False,
+                device: str | torch.device = "cpu", progress: bool = True) -> Path:
     """Release the weights of a finished try (its last epoch, the weights it was evaluated with)
     as ``results/<preset>/tuning/<variant>.safetensors``, so that its stored certificates can be
     re-checked without retraining (:func:`verify_try`). Returns the path.
 
+    With ``retrain``, a stored try whose checkpoint is gone (another machine, a wiped ``runs/``)
+    is trained again (resumable) from its recipe; training is deterministic on CPU, so this
+    reproduces its weights, and they are released only if they re-certify every image of its
+    stored results (:func:`crc_core.store.verify_network`, to
+    :data:`crc_core.store.VERIFY_TOLERANCE`).
+
     Raises:
         ValueError: ``variant`` is not a try's name.
-        FileNotFoundError: the try is not stored, or its checkpoint is not in ``runs/``.
+        FileNotFoundError: the try is not stored, or (without ``retrain``) its checkpoint is not
+            in ``runs/``.
+        RuntimeError: retrained weights do not reproduce the stored certificates (nothing is
+            released).
     """
     preset = get_preset(preset)
     name, changes = parse_variant_name(variant)
@@ -276,8 +286,19 @@ def release_try(variant: str, preset: str | Preset = "cpu", *,
         raise FileNotFoundError(f"try {variant!r} is not stored at preset {preset.name} ({out}): "
                                 "run it with `experiments try` first")
     if not training.is_trained(spec, run_dir):
-        raise FileNotFoundError(f"the finished checkpoint of try {variant!r} is not in {run_dir}: "
-                                "its weights can only be released on the machine that trained it")
+        if not retrain:
+            raise FileNotFoundError(f"the finished checkpoint of try {variant!r} is not in "
+                                    f"{run_dir}: train it again (`experiments try ... --release` "
+                                    "retrains a stored try whose checkpoint is gone)")
+        model = training.train(spec, run_dir, resume=True, progress=progress, device=device,
+                               select="last")
+        check = store.verify_network(model, spec, store.load_result(out), preset,
+                                     progress=progress)
+        if not check["ok"]:
+            raise RuntimeError(f"the retrained weights of try {variant!r} do not reproduce its "
+                               f"stored certificates ({len(check['mismatches'])} mismatches, "
+                               f"largest radius difference {check['max_abs_diff']:.3g}); "
+                               "nothing released")
     model = training.load_model(run_dir, "last")
     return store.release_weights(model, variant, preset, path=weights)
 
