@@ -44,8 +44,9 @@ mathjax: $(STAMP)
 # they are and train nothing (a missing run is shown as missing). At any other preset (smoke:
 # what CI runs) they train what is missing, into $(CRC_RESULTS_DIR) when that is set.
 TRAIN_MISSING := $(if $(filter cpu,$(PRESET)),,--train-missing)
-# At smoke a cell that runs for half an hour is a hang: fail instead of waiting.
-CELL_TIMEOUT := $(if $(filter smoke,$(PRESET)),--cell-timeout 1800,)
+# At smoke (tiny runs) and at cpu (nothing is trained) a cell that runs for half an hour is a
+# hang (seen once: a lost kernel message left `make book` idle for good): fail instead of waiting.
+CELL_TIMEOUT := $(if $(filter smoke cpu,$(PRESET)),--cell-timeout 1800,)
 
 book: $(STAMP) data mathjax
 	$(PY) tools/execute_notebooks.py --preset $(PRESET) $(TRAIN_MISSING) $(CELL_TIMEOUT) --out $(GENERATED) $(NOTEBOOKS)
